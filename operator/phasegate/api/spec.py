@@ -1,0 +1,385 @@
+"""The TradingStrategy spec: what the user asks for.
+
+Every number of the deployment guide's protocol is a default here, never a constant in
+the policy code. The CRD in crds/ is generated from these models (`make crds`), CEL
+rules included, so that `kubectl apply` rejects bad input before the operator sees it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+from typing_extensions import Annotated
+
+from .durations import parse_duration
+from .types import Duration, Fraction, Money, Ratio
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=False,
+        frozen=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it travels to and from the apiserver."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Mode(str, Enum):
+    BACKTEST = "backtest"
+    PAPER = "paper"
+    SHADOW = "shadow"
+    LIVE = "live"
+
+
+class Approval(str, Enum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+class Action(str, Enum):
+    """What a breached limit does. Ordered by severity in `ACTION_SEVERITY`."""
+
+    PAUSE = "pause"
+    REDUCE = "reduce"
+    HALT = "halt"
+
+
+ACTION_SEVERITY = {Action.PAUSE: 1, Action.REDUCE: 2, Action.HALT: 3}
+
+K8sObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+K8sObjectList = Annotated[
+    list[dict[str, Any]],
+    WithJsonSchema(
+        {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+    ),
+]
+
+
+class Gates(ApiModel):
+    """Conditions a phase must meet, over its window, before the next rung.
+
+    A gate left out is not checked. A gate whose value cannot be read fails (fail closed).
+    """
+
+    # backtest: read from the backtest Job's JSON result
+    min_sharpe: Optional[Ratio] = Field(None, description="Backtest Sharpe ratio must be >= this.")
+    max_backtest_drawdown: Optional[Fraction] = Field(
+        None, description="Backtest max drawdown must be < this (0.20 is 20%)."
+    )
+    min_walk_forward_windows: Optional[int] = Field(None, ge=0, description="Walk-forward windows >= this.")
+    min_monte_carlo_runs: Optional[int] = Field(None, ge=0, description="Monte Carlo resamples >= this.")
+    # paper, shadow, live: read from the strategy's metrics over the phase window
+    min_fill_rate: Optional[Fraction] = Field(None, description="Filled / submitted orders must be > this.")
+    no_breaker_trips: Optional[bool] = Field(None, description="No circuit breaker trip during the phase.")
+    min_signal_alignment: Optional[Fraction] = Field(None, description="Shadow signal alignment >= this.")
+    min_execution_quality: Optional[Fraction] = Field(None, description="Execution quality >= this.")
+    max_mean_latency: Optional[Duration] = Field(None, description="Mean order latency < this, e.g. 500ms.")
+    no_critical_incident: Optional[bool] = Field(None, description="No critical breach during the phase.")
+    max_slippage_bps: Optional[Ratio] = Field(None, description="Mean slippage in basis points <= this.")
+
+
+class Phase(ApiModel):
+    """One rung of the ladder."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.mode == 'live' ? double(self.fraction) > 0.0 : double(self.fraction) == 0.0",
+                    "message": "fraction must be > 0 for a live phase and 0 for backtest, paper and shadow phases (they put no capital at risk)",
+                }
+            ]
+        }
+    )
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=40,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="A DNS label, unique in the ladder: paper, live-10...",
+    )
+    mode: Mode
+    fraction: Fraction = Field(Decimal(0), description="Fraction of capital at risk in this phase.")
+    min_duration: Optional[Duration] = Field(
+        None,
+        description="Least time in this phase before it may be left. Default by mode: paper 14d, shadow 7d, live 7d, backtest 0s.",
+    )
+    gates: Optional[Gates] = Field(
+        None, description="Gates to leave this phase. Omitted: the protocol's defaults for the mode; {} for none."
+    )
+    approval: Approval = Field(Approval.AUTO, description="manual: wait for `phasegate promote` after the gates pass.")
+
+    @property
+    def min_duration_delta(self) -> timedelta:
+        if self.min_duration is not None:
+            return parse_duration(self.min_duration)
+        return DEFAULT_MIN_DURATION[self.mode]
+
+    @property
+    def effective_gates(self) -> Gates:
+        return self.gates if self.gates is not None else DEFAULT_GATES[self.mode]
+
+
+class Limit(ApiModel):
+    threshold: Ratio = Field(..., description="The limit. A fraction for ratios, per minute for rates.")
+    action: Action = Field(Action.HALT, description="halt | reduce | pause")
+
+
+class RiskLimits(ApiModel):
+    """Limits the operator checks itself, from the strategy's metrics. A limit left out is not checked."""
+
+    max_drawdown: Optional[Limit] = Field(None, description="Drop from the high-water mark of portfolio value.")
+    max_daily_loss: Optional[Limit] = Field(None, description="Drop from the value at the start of the trading day.")
+    max_position_fraction: Optional[Limit] = Field(None, description="Largest position / portfolio value.")
+    min_cash_fraction: Optional[Limit] = Field(None, description="Cash / portfolio value must stay >= this.")
+    max_position_discrepancy: Optional[Limit] = Field(None, description="Local vs broker positions.")
+    max_order_rate: Optional[Limit] = Field(None, description="Orders submitted per minute.")
+    max_error_rate: Optional[Limit] = Field(None, description="Errors per minute.")
+
+
+class TradingDay(ApiModel):
+    start_time: str = Field("00:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM local time")
+    time_zone: str = Field("UTC", min_length=1, description="IANA time zone, e.g. America/New_York")
+
+
+class MetricsSourceType(str, Enum):
+    SCRAPE = "scrape"
+    PROMETHEUS = "prometheus"
+
+
+class PrometheusSource(ApiModel):
+    address: str = Field(..., min_length=1, description="Base URL of the Prometheus HTTP API.")
+    queries: dict[str, str] = Field(
+        default_factory=dict, description="PromQL overrides, keyed by metric name."
+    )
+
+
+class MetricsFailurePolicy(ApiModel):
+    pause_after: int = Field(3, ge=1, description="Consecutive failed reads before the strategy pauses.")
+    halt_after: int = Field(10, ge=1, description="Consecutive failed reads before the strategy halts.")
+
+
+class Analysis(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.source != 'prometheus' || has(self.prometheus)",
+                    "message": "source: prometheus needs spec.analysis.prometheus.address",
+                }
+            ]
+        }
+    )
+
+    interval: Duration = Field("30s", description="How often metrics and gates are evaluated.")
+    timeout: Duration = Field("5s", description="Timeout of one metrics read.")
+    source: MetricsSourceType = MetricsSourceType.SCRAPE
+    prometheus: Optional[PrometheusSource] = None
+    metrics_failure: MetricsFailurePolicy = Field(default_factory=MetricsFailurePolicy)
+
+
+class Emergency(ApiModel):
+    stop_orders_timeout: Duration = Field("30s", description="Step 1, stop order acceptance.")
+    cancel_orders_timeout: Duration = Field("60s", description="Step 2, cancel pending orders.")
+    flatten_timeout: Duration = Field("300s", description="Step 3 (critical only), close all positions.")
+
+
+class EnvVar(ApiModel):
+    name: str = Field(..., min_length=1)
+    value: Optional[str] = None
+    value_from: Optional[K8sObject] = None
+
+
+class StrategyTemplate(ApiModel):
+    """The strategy's container. Secrets reach it only by reference (envFrom, valueFrom)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.env) || self.env.all(e, !e.name.startsWith('PHASEGATE_'))",
+                    "message": "env names starting with PHASEGATE_ are set by the operator (mode, capital, fraction); remove them from spec.template.env",
+                }
+            ]
+        }
+    )
+
+    image: str = Field(..., min_length=1)
+    image_pull_policy: Optional[str] = Field(None, pattern=r"^(Always|IfNotPresent|Never)$")
+    command: Optional[list[str]] = None
+    args: Optional[list[str]] = None
+    env: Optional[list[EnvVar]] = None
+    env_from: Optional[K8sObjectList] = None
+    resources: Optional[K8sObject] = None
+    node_selector: Optional[dict[str, str]] = None
+    tolerations: Optional[K8sObjectList] = None
+    service_account_name: Optional[str] = None
+    metrics_port: int = Field(9100, ge=1, le=65535)
+
+
+def _default_phases() -> list["Phase"]:
+    return [
+        Phase(name="backtest", mode=Mode.BACKTEST, min_duration="0s", gates=DEFAULT_GATES[Mode.BACKTEST]),
+        Phase(name="paper", mode=Mode.PAPER, min_duration="14d", gates=DEFAULT_GATES[Mode.PAPER]),
+        Phase(name="shadow", mode=Mode.SHADOW, min_duration="7d", gates=DEFAULT_GATES[Mode.SHADOW]),
+        Phase(
+            name="live-10",
+            mode=Mode.LIVE,
+            fraction=Decimal("0.10"),
+            min_duration="7d",
+            gates=Gates(no_critical_incident=True),
+            approval=Approval.MANUAL,
+        ),
+        Phase(name="live-35", mode=Mode.LIVE, fraction=Decimal("0.35"), min_duration="7d", gates=Gates(no_critical_incident=True)),
+        Phase(
+            name="live-65",
+            mode=Mode.LIVE,
+            fraction=Decimal("0.65"),
+            min_duration="7d",
+            gates=Gates(no_critical_incident=True, max_slippage_bps=Decimal("10")),
+        ),
+        Phase(name="live-100", mode=Mode.LIVE, fraction=Decimal("1"), min_duration="0s", gates=Gates()),
+    ]
+
+
+def _default_risk_limits() -> RiskLimits:
+    return RiskLimits(
+        max_drawdown=Limit(threshold=Decimal("0.10"), action=Action.HALT),
+        max_daily_loss=Limit(threshold=Decimal("0.05"), action=Action.HALT),
+        max_position_fraction=Limit(threshold=Decimal("0.05"), action=Action.REDUCE),
+        min_cash_fraction=Limit(threshold=Decimal("0.10"), action=Action.PAUSE),
+        max_position_discrepancy=Limit(threshold=Decimal("0.05"), action=Action.HALT),
+        max_order_rate=Limit(threshold=Decimal("120"), action=Action.HALT),
+        max_error_rate=Limit(threshold=Decimal("10"), action=Action.HALT),
+    )
+
+
+DEFAULT_MIN_DURATION = {
+    Mode.BACKTEST: timedelta(0),
+    Mode.PAPER: timedelta(days=14),
+    Mode.SHADOW: timedelta(days=7),
+    Mode.LIVE: timedelta(days=7),
+}
+
+DEFAULT_GATES = {
+    Mode.BACKTEST: Gates(
+        min_sharpe=Decimal("1.0"),
+        max_backtest_drawdown=Decimal("0.20"),
+        min_walk_forward_windows=10,
+        min_monte_carlo_runs=1000,
+    ),
+    Mode.PAPER: Gates(min_fill_rate=Decimal("0.95"), no_breaker_trips=True),
+    Mode.SHADOW: Gates(
+        min_signal_alignment=Decimal("0.95"),
+        min_execution_quality=Decimal("0.90"),
+        max_mean_latency="500ms",
+    ),
+    Mode.LIVE: Gates(no_critical_incident=True),
+}
+
+
+class StrategySpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.phases.all(p, self.phases.filter(q, q.name == p.name).size() == 1)",
+                    "message": "phase names must be unique: rename the duplicate in spec.phases",
+                    "fieldPath": ".phases",
+                },
+                {
+                    "rule": "self.phases.filter(p, p.mode == 'live').map(p, double(p.fraction)).isSorted()",
+                    "message": "live fractions must not decrease along the ladder: order spec.phases so that each live rung risks at least as much as the one before",
+                    "fieldPath": ".phases",
+                },
+                {
+                    "rule": "!self.phases.exists(p, p.mode == 'live') || has(self.riskLimits.maxDrawdown) || has(self.riskLimits.maxDailyLoss)",
+                    "message": "a strategy with a live phase needs spec.riskLimits.maxDrawdown or spec.riskLimits.maxDailyLoss: never deploy without circuit breakers",
+                    "fieldPath": ".riskLimits",
+                },
+            ]
+        }
+    )
+
+    capital: Money = Field(..., description='Capital base of the account, a decimal string: "1000000".')
+    paper_capital: Optional[Money] = Field(None, description="Capital for paper and shadow. Default: capital.")
+    account: str = Field(..., min_length=1, description="Broker account the strategy trades.")
+    max_fraction: Fraction = Field(
+        ..., description="Ceiling on the capital fraction: the ladder stops below any rung above it."
+    )
+    template: StrategyTemplate
+    phases: list[Phase] = Field(
+        default_factory=_default_phases,
+        min_length=1,
+        max_length=16,
+        description="The ladder, in order. Default: backtest, paper 14d, shadow 7d, live 10/35/65/100%.",
+    )
+    risk_limits: RiskLimits = Field(default_factory=_default_risk_limits)
+    trading_day: TradingDay = Field(default_factory=TradingDay)
+    analysis: Analysis = Field(default_factory=Analysis)
+    emergency: Emergency = Field(default_factory=Emergency)
+    termination_grace_period: Duration = Field(
+        "90s", description="SIGTERM to SIGKILL: stop orders, cancel pending orders, checkpoint, disconnect."
+    )
+    history_limit: int = Field(50, ge=5, le=500, description="History entries kept in status.")
+
+    @model_validator(mode="after")
+    def _check_ladder(self) -> "StrategySpec":
+        # The same rules the CRD's CEL enforces, so that the CLI, tests and a
+        # manifest check outside the cluster give the same answer as the apiserver.
+        names = [p.name for p in self.phases]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"spec.phases: duplicate phase name(s) {dups}: phase names must be unique")
+        live = [p.fraction for p in self.phases if p.mode == Mode.LIVE]
+        if any(b < a for a, b in zip(live, live[1:])):
+            raise ValueError("spec.phases: live fractions must not decrease along the ladder")
+        for p in self.phases:
+            if (p.mode == Mode.LIVE) != (p.fraction > 0):
+                raise ValueError(
+                    f"spec.phases[{p.name}].fraction: must be > 0 for a live phase and 0 otherwise"
+                )
+        if live and self.risk_limits.max_drawdown is None and self.risk_limits.max_daily_loss is None:
+            raise ValueError(
+                "spec.riskLimits: a strategy with a live phase needs maxDrawdown or maxDailyLoss"
+            )
+        return self
+
+    @property
+    def grace_period(self) -> timedelta:
+        return parse_duration(self.termination_grace_period)
+
+    @property
+    def evaluation_interval(self) -> timedelta:
+        return parse_duration(self.analysis.interval)
+
+    def capital_for(self, phase: Phase) -> Decimal:
+        """Capital the strategy may use in a phase: paper capital until live, then base x fraction."""
+        if phase.mode == Mode.LIVE:
+            return self.capital * phase.fraction
+        return self.paper_capital if self.paper_capital is not None else self.capital
+
+    def ceiling_index(self) -> int:
+        """Index of the last phase within maxFraction: the ladder never goes past it."""
+        last = 0
+        for i, p in enumerate(self.phases):
+            if p.fraction > self.max_fraction:
+                break
+            last = i
+        return last
