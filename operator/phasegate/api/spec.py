@@ -201,7 +201,7 @@ class Emergency(ApiModel):
 
 
 class EnvVar(ApiModel):
-    name: str = Field(..., min_length=1)
+    name: str = Field(..., min_length=1, max_length=253)
     value: Optional[str] = None
     value_from: Optional[K8sObject] = None
 
@@ -224,7 +224,7 @@ class StrategyTemplate(ApiModel):
     image_pull_policy: Optional[str] = Field(None, pattern=r"^(Always|IfNotPresent|Never)$")
     command: Optional[list[str]] = None
     args: Optional[list[str]] = None
-    env: Optional[list[EnvVar]] = None
+    env: Optional[list[EnvVar]] = Field(None, max_length=200)
     env_from: Optional[K8sObjectList] = None
     resources: Optional[K8sObject] = None
     node_selector: Optional[dict[str, str]] = None

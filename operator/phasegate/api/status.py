@@ -115,6 +115,19 @@ class RiskState(ApiModel):
     # counters at the start of the phase, for gates over the phase window
     phase_counters: dict[str, DecimalString] = Field(default_factory=dict)
     critical_incidents: int = 0
+    # The phase window, kept as running totals rather than "now minus phase start":
+    # a pod restart mid-phase resets its counters, and a single baseline cannot tell
+    # how much was counted before the restart. window_totals holds each counter's
+    # increase since the phase began, up to the counters in window_counters.
+    window_totals: dict[str, DecimalString] = Field(default_factory=dict)
+    window_counters: dict[str, DecimalString] = Field(default_factory=dict)
+    window_started_at: Optional[UtcTime] = None
+    # Incidents since the phase began, for the noCriticalIncident and noBreakerTrips gates.
+    phase_critical_incidents: int = 0
+    phase_circuit_trips: int = 0
+    # Names of the breaches critical at the last sample: a breach that stays critical
+    # is one incident, not one per evaluation.
+    critical_breaches: list[str] = Field(default_factory=list)
 
 
 class MetricsHealth(ApiModel):
@@ -176,7 +189,6 @@ class StrategyStatus(ApiModel):
     breakers: dict[str, BreakerStatus] = Field(default_factory=dict)
     history: list[HistoryEntry] = Field(default_factory=list)
     history_seq: int = Field(0, description="Seq of the newest history entry, ever.")
-    events_recorded: int = Field(0, description="Seq of the newest history entry with an Event.")
     last_request: Optional[RequestRecord] = None
     risk: RiskState = Field(default_factory=RiskState)
     metrics: MetricsHealth = Field(default_factory=MetricsHealth)

@@ -1,0 +1,159 @@
+"""The few Kubernetes API calls the operator makes, on the async client.
+
+Deliberately absent: any call that reads a Secret (safety rule 7).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Optional
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from phasegate.api import contract
+
+MERGE = "application/merge-patch+json"
+APPLY = "application/apply-patch+yaml"
+FIELD_MANAGER = "phasegate"
+
+
+class Conflict(Exception):
+    """The status changed since it was read: re-read and decide again."""
+
+
+async def load_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        await config.load_kube_config()
+    return client.ApiClient()
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.events = client.EventsV1Api(api)
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> dict[str, Any]:
+        """Replace what we own of status, only if nobody wrote since `resource_version`."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        try:
+            return await self.custom.patch_namespaced_custom_object_status(
+                contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name, body, _content_type=MERGE
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(name) from exc
+            raise
+
+    async def get_strategy(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        try:
+            return await self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def apply(self, obj: dict[str, Any]) -> None:
+        """Server-side apply: idempotent, and it leaves fields others own alone."""
+        kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+        body = json.loads(json.dumps(obj))
+        kwargs = dict(field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
+        if kind == "StatefulSet":
+            await self.apps.patch_namespaced_stateful_set(name, ns, body, **kwargs)
+        elif kind == "Service":
+            await self.core.patch_namespaced_service(name, ns, body, **kwargs)
+        elif kind == "Job":
+            await self.batch.patch_namespaced_job(name, ns, body, **kwargs)
+        else:  # pragma: no cover - a programming error, not a user error
+            raise ValueError(f"cannot apply {kind}")
+
+    async def scale_statefulset(self, namespace: str, name: str, replicas: int) -> bool:
+        """The halt path: the smallest write that stops the pod. False when there is no StatefulSet."""
+        try:
+            await self.apps.patch_namespaced_stateful_set(name, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    async def get_statefulset(self, namespace: str, name: str) -> Optional[Any]:
+        try:
+            return await self.apps.read_namespaced_stateful_set(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def get_pod(self, namespace: str, name: str) -> Optional[Any]:
+        try:
+            return await self.core.read_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def get_job(self, namespace: str, name: str) -> Optional[Any]:
+        try:
+            return await self.batch.read_namespaced_job(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create_job(self, job: dict[str, Any]) -> None:
+        try:
+            await self.batch.create_namespaced_job(job["metadata"]["namespace"], job)
+        except ApiException as exc:
+            if exc.status != 409:  # created by an earlier run of this reconcile
+                raise
+
+    async def job_pods(self, namespace: str, job_name: str) -> list[Any]:
+        pods = await self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
+        return list(pods.items)
+
+    async def create_event(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        uid: str,
+        event_name: str,
+        reason: str,
+        note: str,
+        action: str,
+        event_type: str,
+        at: datetime,
+    ) -> None:
+        """An Event with a fixed name: creating it twice is a no-op, so replays stay exactly-once."""
+        body = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": event_name, "namespace": namespace},
+            "eventTime": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "reportingController": "phasegate.dev/operator",
+            "reportingInstance": "phasegate",
+            "action": action[:128],
+            "reason": reason[:128],
+            "note": note[:1024],
+            "type": event_type,
+            "regarding": {
+                "apiVersion": contract.API_VERSION,
+                "kind": contract.KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+            },
+        }
+        try:
+            await self.events.create_namespaced_event(namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise

@@ -1,0 +1,81 @@
+"""The operator's own logs (structlog, JSON, strategy on every line) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+STRATEGY_PHASE = Gauge(
+    "phasegate_strategy_phase_index", "Index of the current phase in the strategy's ladder.",
+    ["namespace", "strategy", "phase", "state"], registry=REGISTRY,
+)
+STRATEGY_FRACTION = Gauge(
+    "phasegate_strategy_capital_fraction", "Fraction of capital the strategy may put at risk.",
+    ["namespace", "strategy"], registry=REGISTRY,
+)
+STRATEGY_HALTED = Gauge(
+    "phasegate_strategy_halted", "1 while the strategy is Halted or EmergencyStopped.",
+    ["namespace", "strategy"], registry=REGISTRY,
+)
+TRANSITIONS = Counter(
+    "phasegate_transitions_total", "History entries written, by action.",
+    ["namespace", "strategy", "action"], registry=REGISTRY,
+)
+HALTS = Counter(
+    "phasegate_halts_total", "Halts, by the breaker or request that caused them.",
+    ["namespace", "strategy", "reason"], registry=REGISTRY,
+)
+RECONCILE_SECONDS = Histogram(
+    "phasegate_reconcile_duration_seconds", "Time of one reconcile (observe, decide, write, apply).",
+    ["trigger"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RECONCILE_ERRORS = Counter(
+    "phasegate_reconcile_errors_total", "Reconciles that raised, by exception type.",
+    ["type"], registry=REGISTRY,
+)
+METRICS_READ_ERRORS = Counter(
+    "phasegate_metrics_read_errors_total", "Failed reads of a strategy's metrics.",
+    ["namespace", "strategy"], registry=REGISTRY,
+)
+STATUS_CONFLICTS = Counter(
+    "phasegate_status_conflicts_total", "Status writes refused by resourceVersion (someone wrote first).",
+    registry=REGISTRY,
+)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """JSON lines on stdout for our logs and kopf's alike."""
+    level = logging.DEBUG if verbose else logging.INFO
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("aiohttp.access", "kubernetes_asyncio.client.rest"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_for(namespace: str, name: str):
+    return structlog.get_logger("phasegate").bind(namespace=namespace, strategy=name)

@@ -1,0 +1,210 @@
+"""Layer 3: pure builders of the child objects (StatefulSet, Service, Jobs).
+
+Inputs are the spec, the status the policy decided and the owner's identity; outputs
+are plain dicts ready for the apiserver. Nothing here reads a Secret: credentials
+reach pods only through the template's envFrom / valueFrom references (safety rule 7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Optional
+
+from phasegate.api import ABSORBING_STATES, Mode, State, StrategySpec, StrategyStatus, contract
+
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": contract.API_VERSION,
+            "kind": contract.KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def labels(owner: Owner, component: str) -> dict[str, str]:
+    return {
+        contract.LABEL_STRATEGY: owner.name,
+        contract.LABEL_COMPONENT: component,
+        contract.LABEL_MANAGED_BY: contract.MANAGED_BY,
+        "app.kubernetes.io/name": owner.name,
+    }
+
+
+def _metadata(owner: Owner, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, component),
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def should_run(spec: StrategySpec, status: StrategyStatus) -> bool:
+    """Whether the strategy pod runs: never when halted, failed or in a backtest phase."""
+    if status.state in ABSORBING_STATES or status.state in (State.FAILED, State.PENDING):
+        return False
+    if not status.phase:
+        return False
+    phase = next((p for p in spec.phases if p.name == status.phase), None)
+    return phase is not None and phase.mode is not Mode.BACKTEST
+
+
+def _fraction_text(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value else "0"
+
+
+def pod_environment(spec: StrategySpec, status: StrategyStatus, name: str, mode: Optional[str] = None) -> list[dict[str, Any]]:
+    """The contract of DESIGN.md, followed by the user's own env."""
+    phase = next((p for p in spec.phases if p.name == status.phase), spec.phases[0])
+    mode = mode or phase.mode.value
+    live = phase.mode is Mode.LIVE
+    fraction = status.capital_fraction if live else Decimal(0)
+    capital = spec.capital * fraction if live else spec.capital_for(phase)
+    env = [
+        {"name": contract.ENV_STRATEGY, "value": name},
+        {"name": contract.ENV_PHASE, "value": phase.name},
+        {"name": contract.ENV_MODE, "value": mode},
+        {"name": contract.ENV_CAPITAL_FRACTION, "value": _fraction_text(fraction)},
+        {"name": contract.ENV_CAPITAL, "value": format(capital.normalize(), "f") if capital else "0"},
+        {"name": contract.ENV_SHADOW, "value": "true" if phase.mode in (Mode.SHADOW, Mode.LIVE) else "false"},
+        {"name": contract.ENV_CHECKPOINT_DIR, "value": contract.DEFAULT_CHECKPOINT_DIR},
+        {"name": contract.ENV_METRICS_PORT, "value": str(spec.template.metrics_port)},
+        {"name": contract.ENV_ACCOUNT, "value": spec.account},
+        {"name": contract.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    for e in spec.template.env or []:
+        env.append(e.wire())
+    return env
+
+
+def _container(spec: StrategySpec, env: list[dict[str, Any]]) -> dict[str, Any]:
+    t = spec.template
+    c: dict[str, Any] = {
+        "name": "strategy",
+        "image": t.image,
+        "env": env,
+        "ports": [{"name": contract.METRICS_PORT_NAME, "containerPort": t.metrics_port, "protocol": "TCP"}],
+        "terminationMessagePath": contract.DEFAULT_TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "checkpoints", "mountPath": contract.DEFAULT_CHECKPOINT_DIR}],
+    }
+    for key, value in (
+        ("command", t.command),
+        ("args", t.args),
+        ("envFrom", t.env_from),
+        ("resources", t.resources),
+        ("imagePullPolicy", t.image_pull_policy),
+    ):
+        if value:
+            c[key] = value
+    return c
+
+
+def _pod_spec(spec: StrategySpec, container: dict[str, Any], restart: str) -> dict[str, Any]:
+    t = spec.template
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "restartPolicy": restart,
+        "terminationGracePeriodSeconds": int(spec.grace_period.total_seconds()),
+        "volumes": [{"name": "checkpoints", "emptyDir": {}}],
+    }
+    if t.node_selector:
+        pod["nodeSelector"] = t.node_selector
+    if t.tolerations:
+        pod["tolerations"] = t.tolerations
+    if t.service_account_name:
+        pod["serviceAccountName"] = t.service_account_name
+    return pod
+
+
+def statefulset(spec: StrategySpec, status: StrategyStatus, owner: Owner) -> dict[str, Any]:
+    """One replica at most, ever: a StatefulSet never runs two pods of one ordinal (safety rule 1)."""
+    env = pod_environment(spec, status, owner.name)
+    pod_labels = labels(owner, "strategy")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(owner, owner.name, "strategy"),
+        "spec": {
+            "replicas": 1 if should_run(spec, status) else 0,
+            "serviceName": owner.name,
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": {contract.LABEL_STRATEGY: owner.name, contract.LABEL_COMPONENT: "strategy"}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {contract.ANNOTATION_PHASE: status.phase},
+                },
+                "spec": _pod_spec(spec, _container(spec, env), "Always"),
+            },
+        },
+    }
+
+
+def service(owner: Owner, spec: StrategySpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, owner.name, "strategy"),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {contract.LABEL_STRATEGY: owner.name, contract.LABEL_COMPONENT: "strategy"},
+            "ports": [
+                {"name": contract.METRICS_PORT_NAME, "port": spec.template.metrics_port, "targetPort": contract.METRICS_PORT_NAME}
+            ],
+        },
+    }
+
+
+def template_hash(spec: StrategySpec) -> str:
+    """Changes when the strategy's code or config changes, so a new backtest runs."""
+    body = json.dumps(spec.template.wire(), sort_keys=True) + json.dumps([p.wire() for p in spec.phases if p.mode is Mode.BACKTEST], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:8]
+
+
+def backtest_job_name(owner: Owner, spec: StrategySpec) -> str:
+    return f"{owner.name}-backtest-{template_hash(spec)}"
+
+
+def _job(spec: StrategySpec, status: StrategyStatus, owner: Owner, name: str, component: str, mode: str, deadline_s: int) -> dict[str, Any]:
+    env = pod_environment(spec, status, owner.name, mode=mode)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(owner, name, component),
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": deadline_s,
+            "ttlSecondsAfterFinished": 7 * 24 * 3600,
+            "template": {
+                "metadata": {"labels": labels(owner, component)},
+                "spec": _pod_spec(spec, _container(spec, env), "Never"),
+            },
+        },
+    }
+
+
+def backtest_job(spec: StrategySpec, status: StrategyStatus, owner: Owner) -> dict[str, Any]:
+    """The backtest: its JSON results come back in the container's termination message."""
+    return _job(spec, status, owner, backtest_job_name(owner, spec), "backtest", Mode.BACKTEST.value, 6 * 3600)
+
+
+def flatten_job(spec: StrategySpec, status: StrategyStatus, owner: Owner, emergency_id: str) -> dict[str, Any]:
+    """Emergency step 3: the strategy image in flatten mode closes every position."""
+    from phasegate.api import parse_duration
+
+    deadline = int(parse_duration(spec.emergency.flatten_timeout).total_seconds())
+    return _job(spec, status, owner, f"{owner.name}-flatten-{emergency_id[:8]}", "flatten", "flatten", deadline)

@@ -1,0 +1,167 @@
+"""The scrape source against a real aiohttp server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from phasegate.api.spec import StrategySpec
+from phasegate.metrics import (
+    MetricsSource,
+    MetricsUnavailable,
+    PrometheusMetricsSource,
+    ScrapeSource,
+    ScrapeTarget,
+    make_source,
+)
+
+NOW = datetime(2024, 3, 11, 14, 30, tzinfo=timezone.utc)
+
+
+@asynccontextmanager
+async def serving(handler):
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+def target(port: int, timeout: float = 2.0) -> ScrapeTarget:
+    return ScrapeTarget(
+        namespace="trading", strategy="momentum", pod="momentum-0", pod_ip="127.0.0.1",
+        port=port, now=NOW, timeout_seconds=timeout,
+    )
+
+
+def read_with(handler, *, timeout: float = 2.0, source: MetricsSource | None = None):
+    async def go():
+        async with serving(handler) as port:
+            return await (source or ScrapeSource()).read(target(port, timeout))
+
+    return asyncio.run(go())
+
+
+def test_success(make_exposition):
+    text = make_exposition(trips={"drawdown": 1})
+    seen = {}
+
+    async def handler(request):
+        seen["accept"] = request.headers.get("Accept", "")
+        return web.Response(text=text, content_type="text/plain")
+
+    snap = read_with(handler)
+    assert snap.portfolio_value == Decimal("1000000")
+    assert snap.breaker_trips == {"drawdown": Decimal(1)}
+    assert snap.taken_at == NOW
+    assert "text/plain" in seen["accept"]
+
+
+def test_success_with_a_shared_session(make_exposition):
+    text = make_exposition()
+
+    async def handler(request):
+        return web.Response(text=text)
+
+    async def go():
+        async with serving(handler) as port, aiohttp.ClientSession() as session:
+            src = ScrapeSource(session=session)
+            a = await src.read(target(port))
+            b = await src.read(target(port))
+            return a, b
+
+    a, b = asyncio.run(go())
+    assert a == b
+
+
+def test_connection_refused(free_port):
+    with pytest.raises(MetricsUnavailable) as info:
+        asyncio.run(ScrapeSource().read(target(free_port)))
+    assert f"127.0.0.1:{free_port}" in info.value.reason
+
+
+def test_timeout(make_exposition):
+    async def handler(request):
+        await asyncio.sleep(1)
+        return web.Response(text=make_exposition())
+
+    async def go():
+        async with serving(handler) as port:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(MetricsUnavailable) as info:
+                await ScrapeSource().read(target(port, timeout=0.2))
+            return info.value, loop.time() - start
+
+    exc, elapsed = asyncio.run(go())
+    assert "timeout" in exc.reason
+    assert elapsed < 0.9
+
+
+def test_http_500():
+    async def handler(request):
+        return web.Response(status=500, text="boom")
+
+    with pytest.raises(MetricsUnavailable) as info:
+        read_with(handler)
+    assert "HTTP 500" in info.value.reason
+
+
+def test_garbage():
+    async def handler(request):
+        return web.Response(text="<html>this is { not an exposition</html>\n")
+
+    with pytest.raises(MetricsUnavailable):
+        read_with(handler)
+
+
+def test_empty_body():
+    async def handler(request):
+        return web.Response(text="")
+
+    with pytest.raises(MetricsUnavailable) as info:
+        read_with(handler)
+    assert "empty" in info.value.reason
+
+
+def test_not_utf8():
+    async def handler(request):
+        return web.Response(body=b"\xff\xfe\xfa strategy_portfolio_value 1\n", content_type="text/plain")
+
+    with pytest.raises(MetricsUnavailable):
+        read_with(handler)
+
+
+def test_target_url_and_validation():
+    t = ScrapeTarget(namespace="n", strategy="s", pod="p", pod_ip="fd00::1", port=9100, now=NOW, path="metrics")
+    assert t.url == "http://[fd00::1]:9100/metrics"
+    with pytest.raises(ValueError):
+        ScrapeTarget(namespace="n", strategy="s", pod="p", pod_ip="1.2.3.4", port=1, now=datetime(2024, 1, 1))
+
+
+def _spec(**analysis) -> StrategySpec:
+    return StrategySpec.model_validate(
+        {"capital": "1000000", "account": "a", "maxFraction": 1, "template": {"image": "x"}, "analysis": analysis}
+    )
+
+
+def test_make_source_picks_the_source_the_spec_asks_for():
+    assert isinstance(make_source(_spec()), ScrapeSource)
+    prom = make_source(
+        _spec(source="prometheus", prometheus={"address": "http://prom:9090/", "queries": {"strategy_cash": "x"}})
+    )
+    assert isinstance(prom, PrometheusMetricsSource)
+    assert prom.address == "http://prom:9090" and prom.overrides == {"strategy_cash": "x"}
+    assert isinstance(prom, MetricsSource) and isinstance(make_source(_spec()), MetricsSource)

@@ -1,0 +1,234 @@
+"""Example-based tests of the decision core: the ladder, the ceiling, manual gates, halts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from phasegate.api import State, StrategyStatus
+from phasegate.policy.requests import Verb
+from phasegate.policy.rollout import Observation, decide
+
+from .rollout_helpers import T0, Market, climb, request, spec, step
+
+
+def start(s):
+    d, st = step(s, StrategyStatus(), Observation(), T0)
+    assert [h.action for h in d.history] == ["start"]
+    return st
+
+
+def test_new_strategy_starts_on_first_rung_with_no_capital():
+    s = spec()
+    st = start(s)
+    assert st.phase == "paper" and st.state is State.PROGRESSING
+    assert st.capital_fraction == 0
+    assert st.history[0].seq == 1 and st.history[0].by == "operator"
+
+
+def test_whole_ladder_climbs_in_order_never_skipping():
+    s = spec()
+    st, now, decisions = climb(s, Market(), start(s), T0, 80)
+    entered = [h.to for d in decisions for h in d.history if h.action in ("advance", "complete")]
+    assert entered == ["shadow", "live-10", "live-50", "live-100"]
+    assert st.state is State.COMPLETED and st.capital_fraction == Decimal("1.0")
+
+
+def test_minimum_duration_holds_the_rung():
+    s = spec()
+    st, now, _ = climb(s, Market(), start(s), T0, 9)
+    assert st.phase == "paper"
+    assert "MinDuration" in st.message
+    st, now, _ = climb(s, Market(), st, now, 2)
+    assert st.phase == "shadow"
+
+
+def test_no_metrics_no_advance_even_after_the_duration():
+    s = spec()
+    st = start(s)
+    d, st = step(s, st, Observation(), T0 + timedelta(hours=1))
+    assert st.phase == "paper" and not d.history
+    assert "MetricsNotFresh" in st.message
+
+
+def test_manual_phase_waits_for_promote():
+    s = spec()
+    st, now, _ = climb(s, Market(), start(s), T0, 60, approve=False)
+    assert st.phase == "live-10"
+    assert st.message.startswith("AwaitingApproval")
+    d, st = step(s, st, Observation(request=request(Verb.PROMOTE, by="risk-officer")), now)
+    assert st.approved_phase == "live-10" and st.last_request.outcome == "Accepted"
+    assert d.history[0].by == "risk-officer"
+    st, now, _ = climb(s, Market(), st, now, 2, approve=False)
+    assert st.phase == "live-50"
+
+
+def test_ceiling_stops_the_ladder_and_raising_it_continues():
+    low = spec(max_fraction="0.10")
+    st, now, _ = climb(low, Market(), start(low), T0, 80)
+    assert st.phase == "live-10" and st.capital_fraction == Decimal("0.1")
+    assert st.message.startswith("CeilingReached")
+    mid = spec(max_fraction="0.5")
+    st, now, _ = climb(mid, Market(), st, now, 40)
+    assert st.phase == "live-50" and st.state is State.PROGRESSING
+
+
+def test_lowering_the_ceiling_steps_down_at_once():
+    s = spec()
+    st, now, _ = climb(s, Market(), start(s), T0, 80)
+    assert st.phase == "live-100"
+    low = spec(max_fraction="0.10")
+    d, st = step(low, st, Observation(), now)
+    assert st.phase == "live-10" and st.capital_fraction == Decimal("0.1")
+    assert d.history[-1].action == "reduce"
+
+
+def test_external_breaker_condition_halts_and_only_reset_resumes():
+    from phasegate.api import Condition
+
+    s = spec()
+    st, now, _ = climb(s, Market(), start(s), T0, 30)
+    cond = Condition(type="CircuitBreakerTripped", status="True", reason="DeskKill", message="manual", last_transition_time=now)
+    st = st.model_copy(update={"conditions": [c for c in st.conditions if c.type != cond.type] + [cond]})
+    d, st = step(s, st, Observation(), now)
+    assert st.state is State.HALTED and d.history[-1].action == "halt"
+    # time, healthy metrics, pause/resume/promote requests: none of them resumes it
+    for verb in (Verb.RESUME, Verb.PROMOTE, Verb.PAUSE):
+        d, st = step(s, st, Observation(request=request(verb)), now)
+        assert st.state is State.HALTED and st.last_request.outcome == "Rejected"
+    st, now, _ = climb(s, Market(), st, now + timedelta(days=30), 5)
+    assert st.state is State.HALTED
+    d, st = step(s, st, Observation(request=request(Verb.RESET, reason="post-mortem done")), now)
+    assert st.state is State.PROGRESSING and d.history[-1].action == "reset"
+    assert not st.is_true("CircuitBreakerTripped")
+
+
+def test_drawdown_breach_halts():
+    s = spec(riskLimits={"maxDrawdown": {"threshold": 0.10, "action": "halt"}})
+    m = Market()
+    st, now, _ = climb(s, m, start(s), T0, 30)
+    now += timedelta(seconds=1)
+    d, st = step(s, st, Observation(metrics=m.healthy(now, value=Decimal(880000)), metrics_phase=st.phase), now)
+    assert st.state is State.HALTED
+    assert st.breakers["maxDrawdown"].state.value == "Tripped"
+    assert st.is_true("RiskLimitBreached")
+
+
+def test_reduce_steps_back_one_live_rung_and_pauses():
+    s = spec()
+    m = Market()
+    st, now, _ = climb(s, m, start(s), T0, 38)
+    assert st.phase == "live-50"
+    now += timedelta(seconds=1)
+    snap = m.snapshot(now, largest_position_fraction=Decimal("0.08"))
+    d, st = step(s, st, Observation(metrics=snap, metrics_phase=st.phase), now)
+    assert st.phase == "live-10" and st.state is State.PAUSED
+    assert st.capital_fraction == Decimal("0.1")
+
+
+def test_reduce_on_lowest_live_rung_cuts_fraction_by_20_percent():
+    s = spec()
+    m = Market()
+    st, now, _ = climb(s, m, start(s), T0, 35, approve=False)
+    assert st.phase == "live-10"
+    now += timedelta(seconds=1)
+    d, st = step(s, st, Observation(metrics=m.snapshot(now, largest_position_fraction=Decimal("0.08")), metrics_phase=st.phase), now)
+    assert st.phase == "live-10" and st.capital_fraction == Decimal("0.08")
+
+
+def test_metrics_failures_pause_then_halt_and_never_pass_a_gate():
+    s = spec()
+    st = start(s)
+    now = T0
+    states = []
+    for _ in range(7):
+        now += timedelta(seconds=5)
+        d, st = step(s, st, Observation(metrics_error="connection refused"), now)
+        states.append(st.state)
+        assert st.phase == "paper"
+    assert states[1] is State.PROGRESSING and states[2] is State.PAUSED and states[5] is State.HALTED
+    assert st.condition("MetricsAvailable").status == "False"
+    assert "metricsUnavailable" in st.breakers
+
+
+def test_halt_request_is_recorded_with_who_and_why():
+    s = spec()
+    st = start(s)
+    d, st = step(s, st, Observation(request=request(Verb.HALT, reason="fat finger", by="bob")), T0)
+    h = d.history[-1]
+    assert (h.action, h.by) == ("halt", "bob") and "fat finger" in h.reason
+    assert st.state is State.HALTED
+
+
+def test_replayed_request_acts_once():
+    s = spec()
+    st = start(s)
+    req = request(Verb.PAUSE)
+    d1, st = step(s, st, Observation(request=req), T0)
+    d2, st2 = step(s, st, Observation(request=req), T0)
+    assert len(d1.history) == 1 and not d2.history and st2 == st
+
+
+def test_backtest_phase_passes_on_good_results():
+    from phasegate.policy.rollout import BacktestObservation
+
+    s = spec(phases=[
+        {"name": "backtest", "mode": "backtest"},
+        {"name": "paper", "mode": "paper", "minDuration": "10s"},
+    ], riskLimits={"maxDrawdown": {"threshold": 0.1}})
+    d, st = step(s, StrategyStatus(), Observation(), T0)
+    assert st.state is State.VALIDATING
+    good = {"sharpe": 1.8, "maxDrawdown": 0.08, "walkForwardWindows": 12, "monteCarloRuns": 1000}
+    d, st = step(s, st, Observation(backtest=BacktestObservation(job="j", state="Succeeded", result=good)), T0)
+    assert st.phase == "paper" and st.backtest.outcome == "Passed"
+
+
+def test_backtest_phase_fails_on_bad_results():
+    from phasegate.policy.rollout import BacktestObservation
+
+    s = spec(phases=[
+        {"name": "backtest", "mode": "backtest"},
+        {"name": "paper", "mode": "paper", "minDuration": "10s"},
+    ])
+    d, st = step(s, StrategyStatus(), Observation(), T0)
+    bad = {"sharpe": 0.4, "maxDrawdown": 0.08, "walkForwardWindows": 12, "monteCarloRuns": 1000}
+    d, st = step(s, st, Observation(backtest=BacktestObservation(job="j", state="Succeeded", result=bad)), T0)
+    assert st.state is State.FAILED and "minSharpe" in st.backtest.message
+    assert st.capital_fraction == 0
+
+
+def test_critical_breach_runs_the_emergency_sequence_and_locks_down():
+    from phasegate.policy.emergency import EmergencyObservation
+
+    s = spec()
+    m = Market()
+    st, now, _ = climb(s, m, start(s), T0, 30)
+    now += timedelta(seconds=1)
+    # a 12% loss in a day is 2.4x the 5% daily limit: critical
+    d, st = step(s, st, Observation(metrics=m.healthy(now, value=Decimal(880000)), metrics_phase=st.phase), now)
+    assert st.state is State.EMERGENCY_STOPPED
+    assert [x.outcome for x in st.emergency.steps] == ["Running", "Running", "Pending", "Pending"]
+    now += timedelta(seconds=3)
+    d, st = step(s, st, Observation(emergency=EmergencyObservation(pod_gone=True)), now)
+    assert [x.outcome for x in st.emergency.steps] == ["Succeeded", "Succeeded", "Running", "Pending"]
+    now += timedelta(seconds=5)
+    d, st = step(s, st, Observation(emergency=EmergencyObservation(pod_gone=True, flatten="Succeeded")), now)
+    assert st.emergency.finished and st.emergency.steps[2].duration_seconds == 5.0
+    assert st.state is State.EMERGENCY_STOPPED
+    assert d.history[-1].action == "emergency-complete"
+    d, st = step(s, st, Observation(request=request(Verb.RESET, reason="flat, reviewed")), now)
+    assert st.state is State.PROGRESSING and st.emergency is None
+
+
+def test_emergency_step_that_times_out_is_recorded_and_the_sequence_goes_on():
+    from phasegate.policy.emergency import EmergencyObservation
+
+    s = spec()
+    st = start(s)
+    d, st = step(s, st, Observation(request=request(Verb.EMERGENCY, severity="critical")), T0)
+    now = T0 + timedelta(seconds=95)  # past stop (30s) + cancel (60s)
+    d, st = step(s, st, Observation(emergency=EmergencyObservation(pod_gone=False)), now)
+    assert [x.outcome for x in st.emergency.steps[:3]] == ["TimedOut", "TimedOut", "Running"]
+    now += timedelta(seconds=301)
+    d, st = step(s, st, Observation(emergency=EmergencyObservation(pod_gone=False, flatten="Running")), now)
+    assert st.emergency.steps[2].outcome == "TimedOut" and st.emergency.finished
