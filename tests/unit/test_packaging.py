@@ -88,6 +88,18 @@ def test_values_yaml_parses_and_has_the_documented_keys():
     assert values["resources"]["requests"] and values["resources"]["limits"]
 
 
+def test_values_schema_covers_values_yaml():
+    """values.schema.json (which helm checks on lint, install and upgrade) knows every key."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = _values()
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) - {"global"} == set(values)
+    for key, sub in schema["properties"].items():
+        if sub.get("additionalProperties") is False:
+            assert set(sub["properties"]) == set(values[key]), key
+    assert set(schema["properties"]["logLevel"]["enum"]) >= {values["logLevel"]}
+
+
 def test_every_top_level_value_is_documented():
     """Each top-level key of values.yaml has a comment right above it (or above its block)."""
     lines = (CHART / "values.yaml").read_text().splitlines()

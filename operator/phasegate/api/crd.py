@@ -58,6 +58,10 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = _resolve(value, defs)
         else:
             out[key] = value
+    if out.get("type") in ("number", "integer") and isinstance(out.get("default"), str):
+        # pydantic writes Decimal defaults as strings; a number field needs a number
+        num = float(out["default"])
+        out["default"] = int(num) if out["type"] == "integer" or num.is_integer() else num
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out.setdefault("x-kubernetes-preserve-unknown-fields", True)
     return out

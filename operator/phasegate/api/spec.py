@@ -12,7 +12,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from typing_extensions import Annotated
 
@@ -155,7 +155,18 @@ class RiskLimits(ApiModel):
 
 class TradingDay(ApiModel):
     start_time: str = Field("00:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM local time")
-    time_zone: str = Field("UTC", min_length=1, description="IANA time zone, e.g. America/New_York")
+    time_zone: str = Field("UTC", min_length=1, max_length=64, description="IANA time zone, e.g. America/New_York")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"spec.tradingDay.timeZone: {value!r} is not an IANA time zone such as America/New_York") from exc
+        return value
 
 
 class MetricsSourceType(str, Enum):

@@ -48,6 +48,8 @@ def _fraction(value: Any) -> Decimal:
 
 
 def _duration(value: str) -> str:
+    if len(value) > 32:
+        raise ValueError("a duration is at most 32 characters")
     parse_duration(value)
     return value
 
@@ -100,6 +102,7 @@ Duration = Annotated[
     WithJsonSchema(
         {
             "type": "string",
+            "maxLength": 32,
             "x-kubernetes-validations": [
                 {
                     "rule": f"self.matches('{DURATION_PATTERN}')",

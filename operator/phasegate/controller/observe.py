@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from phasegate.api import ABSORBING_STATES, Mode, StrategySpec, StrategyStatus, contract
-from phasegate.manifests import Owner, backtest_job_name
+from phasegate.manifests import Owner, backtest_job_name, flatten_job_name
+from phasegate.policy.emergency import EmergencyObservation, flatten_wanted
 from phasegate.metrics.snapshot import MetricsUnavailable
 from phasegate.metrics.source import MetricsSource, ScrapeTarget
 from phasegate.policy.requests import BadRequest, Request
@@ -103,6 +104,23 @@ async def read_metrics(
     return {"metrics": snap, "metrics_phase": pod_phase}
 
 
+async def read_emergency(kube: Kube, owner: Owner, status: StrategyStatus) -> EmergencyObservation:
+    pod = await kube.get_pod(owner.namespace, f"{owner.name}-0")
+    flatten, message = None, ""
+    if flatten_wanted(status.emergency):
+        job = await kube.get_job(owner.namespace, flatten_job_name(owner, status.emergency.id))
+        if job is not None:
+            st = job.status
+            if st and (st.succeeded or 0) > 0:
+                flatten = "Succeeded"
+            elif st and (st.failed or 0) > 0:
+                flatten = "Failed"
+                message = await _termination_message(kube, owner.namespace, job.metadata.name) or "flatten job failed"
+            else:
+                flatten = "Running"
+    return EmergencyObservation(pod_gone=pod is None, flatten=flatten, flatten_message=message)
+
+
 def spec_timeout(spec: StrategySpec) -> float:
     from phasegate.api import parse_duration
 
@@ -122,6 +140,8 @@ async def observe(
     extra_breaches: tuple = (),
 ) -> Observation:
     found: dict[str, Any] = read_request(annotations)
+    if status.emergency is not None and not status.emergency.finished:
+        found["emergency"] = await read_emergency(kube, owner, status)
     phase = next((p for p in spec.phases if p.name == status.phase), None)
     if phase is not None and phase.mode is Mode.BACKTEST:
         found["backtest"] = await read_backtest(kube, owner, spec)

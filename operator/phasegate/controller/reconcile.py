@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional
 from pydantic import ValidationError
 
 from phasegate.api import ABSORBING_STATES, HistoryEntry, Mode, State, StrategySpec, StrategyStatus
-from phasegate.manifests import Owner, backtest_job, service, should_run, statefulset
+from phasegate.manifests import Owner, backtest_job, flatten_job, service, should_run, statefulset
+from phasegate.policy.emergency import flatten_wanted
 from phasegate.metrics.source import MetricsSource
 from phasegate.policy.rollout import Decision, decide
 
@@ -121,6 +122,8 @@ class Reconciler:
             work.append(self._apply(owner, spec, new, fast_stop=bool(decision.history) and not should_run(spec, new)))
         if new.state is State.VALIDATING and obs.backtest is None and _in_backtest(spec, new):
             work.append(self.kube.create_job(backtest_job(spec, new, owner)))
+        if flatten_wanted(new.emergency) and (obs.emergency is None or obs.emergency.flatten is None):
+            work.append(self.kube.create_job(flatten_job(spec, new, owner, new.emergency.id)))
         await asyncio.gather(*work)
         telemetry.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
         return Outcome(decision, new, spec)

@@ -207,4 +207,8 @@ def flatten_job(spec: StrategySpec, status: StrategyStatus, owner: Owner, emerge
     from phasegate.api import parse_duration
 
     deadline = int(parse_duration(spec.emergency.flatten_timeout).total_seconds())
-    return _job(spec, status, owner, f"{owner.name}-flatten-{emergency_id[:8]}", "flatten", "flatten", deadline)
+    return _job(spec, status, owner, flatten_job_name(owner, emergency_id), "flatten", "flatten", deadline)
+
+
+def flatten_job_name(owner: Owner, emergency_id: str) -> str:
+    return f"{owner.name}-flatten-{emergency_id[:8]}"

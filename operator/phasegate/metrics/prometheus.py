@@ -155,7 +155,9 @@ class PrometheusMetricsSource:
                 tasks = {k: tg.create_task(self._query(session, k, q, target)) for k, q in queries.items()}
         except* MetricsUnavailable as group:
             raise group.exceptions[0] from None
-        except* (aiohttp.ClientError, OSError, ValueError) as group:
+        except* Exception as group:
+            # Anything else a query raised (connection errors, odd payloads, a bug):
+            # still a failed read, reported as such, never an exception in the handler.
             exc = group.exceptions[0]
             raise MetricsUnavailable(
                 f"prometheus: cannot query {self.address}: {type(exc).__name__}: {exc}"

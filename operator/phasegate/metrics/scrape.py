@@ -62,7 +62,9 @@ class ScrapeSource:
             raise MetricsUnavailable(
                 f"timeout after {target.timeout_seconds}s reading {target.url}"
             ) from exc
-        except (aiohttp.ClientError, OSError, UnicodeDecodeError, ValueError) as exc:
+        except Exception as exc:
+            # Connection refused, reset, bad encoding, invalid URL...: a failed read either
+            # way, reported as one rather than escaping into the reconcile handler.
             raise MetricsUnavailable(f"cannot read {target.url}: {type(exc).__name__}: {exc}") from exc
         return parse_exposition(text, target.now)
 

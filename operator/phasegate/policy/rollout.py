@@ -242,6 +242,9 @@ def _apply_request(w: _Work, req: Request) -> None:
         w.fields["breakers"] = {}
         w.fields["metrics"] = w.fields["metrics"].model_copy(update={"consecutive_errors": 0})
         w.fields["emergency"] = None
+        # Re-arm drawdown and daily loss from the value at the next read: otherwise a
+        # strategy still below its old high-water mark would trip again at once.
+        w.fields["risk"] = w.fields["risk"].model_copy(update={"high_water_mark": None, "day_open_value": None})
         # The rung must prove itself again: the minimum duration restarts now.
         w.fields["phase_started_at"] = w.now
         w.fields["conditions"] = [

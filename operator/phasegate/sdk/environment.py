@@ -199,7 +199,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> RuntimeConfig:
     port = contract.DEFAULT_METRICS_PORT
     raw_port = text(contract.ENV_METRICS_PORT)
     if raw_port is not None:
-        if not raw_port.isdigit() or not (1 <= int(raw_port) <= 65535):
+        # 0 asks the OS for a free port (tests); the runtime logs the one it got.
+        if not raw_port.isdigit() or not (0 <= int(raw_port) <= 65535):
             problems.append(
                 f"{contract.ENV_METRICS_PORT}={raw_port!r} is not a TCP port: use a number in 1..65535, "
                 f"default {contract.DEFAULT_METRICS_PORT}"

@@ -5,9 +5,9 @@ which is what a momentum strategy earns from) over a common market factor. The s
 seed always gives the same prices, and its whole state fits in a checkpoint, so a
 restarted strategy continues the same market where it left off.
 
-A crash (the demo's switch) is a run of steep falls on every symbol at once, with
-liquidity drying up: bar volume shrinks to a sliver, so the volume limit lets only
-small partial fills through and nobody gets out at the top.
+A crash (the demo's switch) is a run of steep falls on every symbol at once, with no
+liquidity: crash bars trade no volume, so the broker's volume limit fills nothing and
+nobody gets out on the way down, whatever the size of the book.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ class MarketParams:
     leave_up: float = 1 / 400  # per bar: up trends last ~400 bars
     leave_down: float = 1 / 200
     volume: float = 5_000_000
-    crash_bars: int = 20
-    crash_drop: float = 0.06  # per crash bar
-    crash_liquidity: float = 0.005  # share of normal volume left during a crash
+    crash_bars: int = 30
+    crash_drop: float = 0.08  # per crash bar: about -92% over the crash
+    crash_liquidity: float = 0.0  # share of normal volume left during a crash
 
 
 @dataclass

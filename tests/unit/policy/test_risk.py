@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from phasegate.api.spec import Action, StrategySpec, TradingDay
 from phasegate.api.status import RiskState, Severity
-from phasegate.metrics.snapshot import Histogram, MetricsSnapshot
+from phasegate.metrics.snapshot import MetricsSnapshot
 from phasegate.policy.risk import (
     KIND_CIRCUIT,
     day_boundary,
@@ -231,10 +231,22 @@ def test_start_time_repeated_on_fall_back_starts_the_day_once():
     assert [e.state.day_open_value for e in evals] == [D("1000000"), D("990000"), D("990000"), D("990000")]
 
 
-def test_unknown_time_zone_is_a_clear_error():
-    spec = make_spec(tradingDay={"startTime": "09:30", "timeZone": "Mars/Olympus_Mons"})
+def test_a_skipped_calendar_day():
+    # Samoa skipped 2011-12-30 when it crossed the date line: the wall clock went from
+    # 2011-12-29 24:00 (-10) to 2011-12-31 00:00 (+14). Days still follow one another.
+    td = TradingDay(start_time="09:30", time_zone="Pacific/Apia")
+    jump = datetime(2011, 12, 30, 10, 0, tzinfo=timezone.utc)
+    t, day = jump - timedelta(hours=30), None
+    while t < jump + timedelta(hours=30):
+        d = trading_day_of(t, td)
+        assert day is None or d >= day
+        assert day_boundary(d, td) <= t < day_boundary(d + timedelta(days=1), td)
+        t, day = t + timedelta(minutes=10), d
+
+
+def test_unknown_time_zone_is_refused_when_the_spec_is_read():
     with pytest.raises(ValueError, match="spec.tradingDay.timeZone"):
-        evaluate_risk(spec, RiskState(), snap(T0), T0)
+        make_spec(tradingDay={"startTime": "09:30", "timeZone": "Mars/Olympus_Mons"})
 
 
 # --- reported levels --------------------------------------------------------------------

@@ -64,8 +64,9 @@ class MomentumStrategy(Strategy):
         equity = ctx.equity
         if equity <= 0:
             return []
-        # Sized on the capital this phase was given, and on less when it has been lost.
-        capital = min(ctx.capital, equity)
+        # Sized on the book's equity: the capital this phase was given (PHASEGATE_CAPITAL)
+        # plus what it has made or lost, so position fractions stay put as the book moves.
+        capital = equity
         free_cash = ctx.book.cash - p.cash_floor * equity
         out: list[OrderRequest] = []
         for symbol in sorted(signals):
