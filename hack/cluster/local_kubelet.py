@@ -152,13 +152,13 @@ class PodRunner(threading.Thread):
 
     def __init__(self, kubelet: "Kubelet", pod: dict):
         meta, spec = pod["metadata"], pod["spec"]
-        self.ns, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
-        super().__init__(daemon=True, name=f"{self.ns}/{self.name}")
+        self.ns, self.pod_name, self.uid = meta["namespace"], meta["name"], meta["uid"]
+        super().__init__(daemon=True, name=f"{self.ns}/{self.pod_name}")
         self.k = kubelet
         self.pod = pod
         self.c = spec["containers"][0]
         self.restart_policy = spec.get("restartPolicy", "Always")
-        self.dir = kubelet.pods_dir / self.ns / self.name
+        self.dir = kubelet.pods_dir / self.ns / self.pod_name
         self.log_path = self.dir / f"{self.c['name']}.log"
         self.term_path = self.dir / "termination-log"
         self.wake = threading.Event()
@@ -210,7 +210,7 @@ class PodRunner(threading.Thread):
                     self.stop_container(self.grace() if not self.k.stopping.is_set() else 5)
                     if not self.vanished and not self.k.stopping.is_set():
                         self.report(final=True)
-                        self.k.delete_now(self.ns, self.name, self.uid)
+                        self.k.delete_now(self.ns, self.pod_name, self.uid)
                     return
                 if self.proc is not None and self.proc.poll() is not None:
                     if self.container_exited():
@@ -220,7 +220,7 @@ class PodRunner(threading.Thread):
                 if self.proc is not None:
                     self.check_readiness()
         except Exception:
-            log.exception("pod %s/%s: runner failed", self.ns, self.name)
+            log.exception("pod %s/%s: runner failed", self.ns, self.pod_name)
             self.stop_container(2)
         finally:
             self.k.forget(self)
@@ -255,7 +255,7 @@ class PodRunner(threading.Thread):
                 self.proc = subprocess.Popen([exe, *argv[1:]], env=self.env, cwd=cwd, stdout=out,
                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
-            log.warning("pod %s/%s: cannot start %r: %s", self.ns, self.name, argv[:1], e)
+            log.warning("pod %s/%s: cannot start %r: %s", self.ns, self.pod_name, argv[:1], e)
             self.term_path.write_text(f"StartError: {e}")
             self.proc = None
             self._exited(128, None, "StartError")
@@ -267,7 +267,7 @@ class PodRunner(threading.Thread):
         self.ready = not has_probe
         self.probe_ok = self.probe_fail = 0
         self.probe_next = time.monotonic() + (self.c.get("readinessProbe") or {}).get("initialDelaySeconds", 0)
-        log.info("pod %s/%s: started pid %d on %s: %s", self.ns, self.name, self.proc.pid, self.ip, " ".join(argv))
+        log.info("pod %s/%s: started pid %d on %s: %s", self.ns, self.pod_name, self.proc.pid, self.ip, " ".join(argv))
         self.report()
 
     def stop_container(self, grace: float) -> None:
@@ -275,13 +275,13 @@ class PodRunner(threading.Thread):
         if self.proc is None:
             return
         pid = self.proc.pid
-        log.info("pod %s/%s: SIGTERM to pid %d, grace %ss", self.ns, self.name, pid, grace)
+        log.info("pod %s/%s: SIGTERM to pid %d, grace %ss", self.ns, self.pod_name, pid, grace)
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            log.info("pod %s/%s: grace period over, SIGKILL", self.ns, self.name)
+            log.info("pod %s/%s: grace period over, SIGKILL", self.ns, self.pod_name)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)  # the container's other processes go with it
         self.proc.wait()
@@ -300,7 +300,7 @@ class PodRunner(threading.Thread):
             term["message"] = message
         self.state = {"terminated": term}
         self.ready = False
-        log.info("pod %s/%s: container exited with %d%s", self.ns, self.name, code, f" (signal {sig})" if sig else "")
+        log.info("pod %s/%s: container exited with %d%s", self.ns, self.pod_name, code, f" (signal {sig})" if sig else "")
         return term
 
     def termination_message(self, code: int) -> str:
@@ -328,7 +328,7 @@ class PodRunner(threading.Thread):
             self.last_terminated = term
             backoff = min(BACKOFF_FIRST * 2 ** (self.restarts - 1), BACKOFF_MAX)
             self.state = {"waiting": {"reason": "CrashLoopBackOff", "message": (
-                f"back-off {backoff:.0f}s restarting failed container={self.c['name']} pod={self.name}_{self.ns}")}}
+                f"back-off {backoff:.0f}s restarting failed container={self.c['name']} pod={self.pod_name}_{self.ns}")}}
             self.restart_at = time.monotonic() + backoff
             self.report()
             return False
@@ -339,7 +339,7 @@ class PodRunner(threading.Thread):
     def build_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
         env.update({
-            "HOSTNAME": self.name,
+            "HOSTNAME": self.pod_name,
             "PYTHONUNBUFFERED": "1",
             contract.ENV_POD_IP: self.ip,
             contract.ENV_TERMINATION_MESSAGE_PATH: str(self.term_path),
@@ -371,7 +371,7 @@ class PodRunner(threading.Thread):
         if "fieldRef" in vf:
             path = vf["fieldRef"]["fieldPath"]
             fields = {
-                "metadata.name": self.name, "metadata.namespace": self.ns, "metadata.uid": self.uid,
+                "metadata.name": self.pod_name, "metadata.namespace": self.ns, "metadata.uid": self.uid,
                 "spec.nodeName": NODE_NAME, "spec.serviceAccountName": self.pod["spec"].get("serviceAccountName", ""),
                 "status.podIP": self.ip, "status.podIPs": self.ip, "status.hostIP": HOST_IP, "status.hostIPs": HOST_IP,
             }
@@ -497,12 +497,12 @@ class PodRunner(threading.Thread):
             "containerStatuses": [cs],
         }
         try:
-            self.k.core.patch_namespaced_pod_status(self.name, self.ns, {"status": status})
+            self.k.core.patch_namespaced_pod_status(self.pod_name, self.ns, {"status": status})
         except ApiException as e:
             if e.status == 404:
                 self.vanish()
             else:
-                log.warning("pod %s/%s: status update failed: %s %s", self.ns, self.name, e.status, e.body)
+                log.warning("pod %s/%s: status update failed: %s %s", self.ns, self.pod_name, e.status, e.body)
 
 
 class Kubelet:

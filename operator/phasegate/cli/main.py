@@ -53,7 +53,8 @@ class _Group(TyperGroup):
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
-        except NoArgsIsHelpError:
+        except NoArgsIsHelpError as exc:
+            exc.exit_code = OK  # a bare `phasegate` shows the help, like kubectl
             raise
         except UsageError as exc:
             exc.exit_code = REFUSED

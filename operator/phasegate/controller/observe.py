@@ -84,8 +84,8 @@ async def read_metrics(
     )
     if not ready:
         started = status.phase_started_at or now
-        if pod_phase != status.phase and now - started < startup_grace(spec):
-            return {}  # the pod of this phase is still rolling out: not a failure, not a pass
+        if now - started < startup_grace(spec):
+            return {}  # the pod of this phase is still starting: not a failure, and not a pass
         return {"metrics_error": f"strategy pod {pod_name} is not running and ready"}
     target = ScrapeTarget(
         namespace=owner.namespace,

@@ -67,14 +67,27 @@ def configure_logging(verbose: bool = False) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()],
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _KopfObject()],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiohttp.access", "kubernetes_asyncio.client.rest"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kopf logs every handler run at INFO; our own transition lines carry what matters.
+    for noisy in ("aiohttp.access", "kubernetes_asyncio.client.rest", "kopf.objects", "kopf.activities"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+class _KopfObject:
+    """Names the strategy on kopf's own lines too (kopf passes the object as `k8s_ref`)."""
+
+    def __call__(self, logger, method, event_dict):
+        record = event_dict.get("_record")
+        ref = getattr(record, "k8s_ref", None) if record is not None else None
+        if isinstance(ref, dict):
+            event_dict.setdefault("namespace", ref.get("namespace"))
+            event_dict.setdefault("strategy" if ref.get("kind") == "TradingStrategy" else "object", ref.get("name"))
+        return event_dict
 
 
 def log_for(namespace: str, name: str):

@@ -95,6 +95,9 @@ class TradingEngine:
         fills = self.broker.process(self.clock.now())
         for fill in fills:
             self.book.apply(fill.symbol, fill.signed_quantity, fill.price, fill.commission)
+        if fills and self.fills == 0:
+            self.log.info("engine.first_fill", order_id=fills[0].order_id, symbol=fills[0].symbol,
+                          price=fills[0].price, quantity=fills[0].quantity)
         self.fills += len(fills)
         self._record_done()
         if fills:

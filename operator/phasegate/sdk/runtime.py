@@ -34,7 +34,7 @@ from .exporter import MetricsServer, Route, StrategyMetrics
 from .ledger import Ledger
 from .logs import configure_logging, flush_logs, get_logger
 from .market import MarketFeed, MarketFrame
-from .money import D
+from .money import D, money_from_json, money_json
 from .shadow import ShadowReplay
 from .shutdown import (
     CANCEL_PENDING_ORDERS,
@@ -205,6 +205,7 @@ class StrategyRuntime:
             books=books,
             strategyState=self.engine.strategy.snapshot(),
             market=self.feed.snapshot(),
+            prices=money_json(self.engine.prices),
             breakerTrips=list(self._state.get("breakerTrips", []))
             + [t.to_json() for t in self.engine.breakers.trips],
         )
@@ -236,6 +237,8 @@ class StrategyRuntime:
             strategy, broker, local, config.capital, self.clock, self.log,
             metrics=self.metrics, breakers=BreakerBoard(self.app.limits), sizer=self.app.sizer, shadow=shadow,
         )
+        # The book is valued at the last prices seen, until the first bar brings new ones.
+        self.engine.prices.update(money_from_json(self._state.get("prices")))
         if saved_strategy is None:
             for frame in start.warm_up:
                 self.engine.warm_up(frame)

@@ -1,0 +1,179 @@
+"""The operator against the real control plane: ladder, ceiling, manual gate, halt, reset.
+
+The strategy pods run for real (tests/support/fake_strategy.py on the local-process
+node), serving metrics the operator scrapes; the durations are compressed to seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from .strategy_env import (
+    Strategies,
+    history_actions,
+    install_crd,
+    pod_starts,
+    run_cli,
+    start_operator,
+    wait_for,
+)
+
+import plans  # noqa: E402  (tests/support, put on sys.path by strategy_env)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def crd(k8s):
+    install_crd(k8s)
+
+
+@pytest.fixture
+def op(kubeconfig, namespace, tmp_path):
+    proc = start_operator(kubeconfig, namespace, tmp_path)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def ts(k8s, namespace):
+    return Strategies(k8s, namespace)
+
+
+@pytest.mark.timeout(180)
+def test_whole_ladder_climbs_in_order_with_the_right_pod_environment(op, ts, cluster, namespace):
+    ts.create(plans.strategy("climber"))
+    st = ts.wait("climber", lambda s: s.get("state") == "Completed", 120, "Completed")
+    assert history_actions(st) == [
+        ("start", "paper"), ("advance", "shadow"), ("advance", "live-10"), ("advance", "live-50"), ("complete", "live-100")
+    ]
+    assert [h["seq"] for h in st["history"]] == [1, 2, 3, 4, 5]
+    assert st["capitalFraction"] == "1.0" and st["phase"] == "live-100"
+    # every transition has its Event
+    wait_for(lambda: len(ts.events_for("climber")) >= 5, 20, "one Event per history entry")
+    # the pod carried the right mode and fraction at each rung, in order
+    starts = wait_for(lambda: (lambda s: s if len({x["env"]["PHASEGATE_PHASE"] for x in s}) >= 5 else None)(pod_starts(cluster, namespace, "climber-0")), 30, "a pod per rung")
+    seen = []
+    for rec in starts:
+        env = rec["env"]
+        key = (env["PHASEGATE_PHASE"], env["PHASEGATE_MODE"], env["PHASEGATE_CAPITAL_FRACTION"], env["PHASEGATE_SHADOW"])
+        if not seen or seen[-1] != key:
+            seen.append(key)
+    assert seen == [
+        ("paper", "paper", "0", "false"),
+        ("shadow", "shadow", "0", "true"),
+        ("live-10", "live", "0.1", "true"),
+        ("live-50", "live", "0.5", "true"),
+        ("live-100", "live", "1", "true"),
+    ]
+    assert starts[-1]["env"]["PHASEGATE_CAPITAL"] == "1000000"
+    assert ts.replicas("climber") == 1
+
+
+@pytest.mark.timeout(180)
+def test_ceiling_stops_the_ladder_and_raising_it_lets_it_continue(op, ts):
+    ts.create(plans.strategy("ceiling", max_fraction=0.10))
+    ts.wait("ceiling", lambda s: s.get("phase") == "live-10" and "CeilingReached" in s.get("message", ""), 90, "held at live-10 by the ceiling")
+    time.sleep(5)
+    st = ts.status("ceiling")
+    assert st["phase"] == "live-10" and st["capitalFraction"] == "0.1"
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "CeilingReached"
+    # phase2.yaml: the same strategy with the ceiling raised to 50%
+    ts.patch_spec("ceiling", {"maxFraction": 0.5})
+    st = ts.wait("ceiling", lambda s: s.get("phase") == "live-50", 60, "continued to live-50")
+    time.sleep(5)
+    st = ts.status("ceiling")
+    assert st["phase"] == "live-50" and st["capitalFraction"] == "0.5"
+    assert [a for a, _ in history_actions(st)].count("advance") == 3
+
+
+@pytest.mark.timeout(180)
+def test_manual_phase_waits_for_promote(op, ts, kubeconfig, namespace):
+    phases = [dict(p) for p in plans.COMPRESSED_PHASES]
+    phases[2]["approval"] = "manual"
+    ts.create(plans.strategy("manual", phases=phases))
+    ts.wait("manual", lambda s: s.get("message", "").startswith("AwaitingApproval"), 90, "awaiting approval at live-10")
+    time.sleep(4)
+    assert ts.status("manual")["phase"] == "live-10"
+    res = run_cli(kubeconfig, namespace, "promote", "manual", "--reason", "risk review passed")
+    assert res.returncode == 0, res.stdout + res.stderr
+    st = ts.wait("manual", lambda s: s.get("phase") in ("live-50", "live-100"), 30, "advanced after promote")
+    approve = [h for h in st["history"] if h["action"] == "approve"]
+    assert len(approve) == 1 and "risk review passed" in approve[0]["reason"] and approve[0]["by"]
+
+
+@pytest.mark.timeout(240)
+def test_breaker_condition_halts_and_the_halt_survives_restart_reapply_and_scaling(op, ts, kubeconfig, namespace, tmp_path):
+    ts.create(plans.strategy("halter", max_fraction=0.10))
+    ts.wait("halter", lambda s: s.get("phase") == "live-10", 90, "live-10")
+    ts.set_condition("halter", "CircuitBreakerTripped", "True", "DeskKillSwitch", "venue outage")
+    st = ts.wait("halter", lambda s: s.get("state") == "Halted", 15, "Halted")
+    wait_for(lambda: ts.replicas("halter") == 0, 10, "StatefulSet scaled to 0")
+    assert st["history"][-1]["action"] == "halt"
+    wait_for(lambda: any(e.reason == "Halt" and e.type == "Warning" for e in ts.events_for("halter")), 15, "a Halt Event")
+    seq = st["historySeq"]
+
+    # an operator restart does not resume it
+    op.stop()
+    op2 = start_operator(kubeconfig, namespace, tmp_path / "second")
+    try:
+        time.sleep(5)
+        assert ts.status("halter")["state"] == "Halted" and ts.replicas("halter") == 0
+        # re-applying the manifest does not resume it
+        ts.patch_spec("halter", plans.strategy("halter", max_fraction=0.10)["spec"])
+        ts.patch_spec("halter", {"maxFraction": 0.5})
+        time.sleep(4)
+        assert ts.status("halter")["state"] == "Halted" and ts.replicas("halter") == 0
+        # someone scaling the StatefulSet up by hand is put back
+        ts.apps.patch_namespaced_stateful_set("halter", namespace, {"spec": {"replicas": 1}})
+        wait_for(lambda: ts.replicas("halter") == 0, 15, "scaled back to 0")
+        assert ts.status("halter")["historySeq"] == seq
+        # resume and promote are refused, reset resumes
+        res = run_cli(kubeconfig, namespace, "resume", "halter", "--reason", "try")
+        assert res.returncode != 0 and "reset" in (res.stdout + res.stderr)
+        res = run_cli(kubeconfig, namespace, "reset", "halter", "--reason", "venue back, post-mortem filed")
+        assert res.returncode == 0, res.stdout + res.stderr
+        st = ts.wait("halter", lambda s: s.get("state") in ("Progressing", "Completed"), 20, "resumed")
+        assert st["history"][-1]["action"] in ("reset", "advance", "complete")
+        assert not any(c["type"] == "CircuitBreakerTripped" and c["status"] == "True" for c in st["conditions"])
+        wait_for(lambda: ts.replicas("halter") == 1, 15, "StatefulSet back to 1")
+    finally:
+        op2.stop()
+
+
+BAD = [
+    ({"maxFraction": 1.5}, "maxFraction"),
+    ({"phases": [{"name": "l1", "mode": "live", "fraction": 0.5, "minDuration": "1s"},
+                 {"name": "l2", "mode": "live", "fraction": 0.1, "minDuration": "1s"}]}, "must not decrease"),
+    ({"phases": [{"name": "paper", "mode": "paper", "minDuration": "1s"},
+                 {"name": "paper", "mode": "shadow", "minDuration": "1s"}]}, "unique"),
+    ({"phases": [{"name": "paper", "mode": "paper", "minDuration": "7 days"}]}, "minDuration"),
+    ({"riskLimits": {}}, "circuit breakers"),
+    ({"bogusField": 1}, "bogusField"),
+    ({"phases": [{"name": "p", "mode": "paper", "fraction": 1.2}]}, "fraction"),
+]
+
+
+@pytest.mark.timeout(180)
+def test_bad_manifests_are_rejected_naming_the_field_and_a_running_strategy_is_untouched(op, ts, cluster, kubeconfig, namespace, tmp_path):
+    good = plans.strategy("guarded", max_fraction=0.10)
+    ts.create(good)
+    ts.wait("guarded", lambda s: s.get("phase") == "shadow", 60, "running")
+    before = ts.get("guarded")
+    kubectl = str(cluster.bin_dir / "kubectl")
+    for patch, words in BAD:
+        bad = plans.strategy("guarded", max_fraction=0.10)
+        bad["spec"].update(patch)
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        res = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "apply", "-f", str(path)],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode != 0, f"{patch} was accepted"
+        assert words in res.stderr, f"{patch}: {res.stderr}"
+    after = ts.get("guarded")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["spec"] == before["spec"]
+    assert after["status"]["state"] in ("Progressing", "Completed")
