@@ -3,7 +3,8 @@
 - Every test under tests/e2e/ is marked `e2e`; `pytest -m "not e2e"` (make test-unit) needs no cluster.
 - `cluster` (session): the local control plane of hack/cluster/localcluster.py. A cluster that
   `make cluster` already started is reused and left running; otherwise one is started for the
-  session and stopped at its end. The binaries are built (first run only) and the cluster
+  session and stopped at its end (unless another test session still uses it, or
+  PHASEGATE_KEEP_CLUSTER=1). The binaries are built (first run only) and the cluster
   started right after collection, outside any test's timeout, when an e2e test is selected.
 - `kubeconfig` (path; also exported as KUBECONFIG), `k8s` (a kubernetes ApiClient),
   `namespace` (a fresh namespace per test, with its default ServiceAccount; deleted afterwards).
@@ -35,7 +36,7 @@ _session: dict = {"cluster": None, "started_here": False, "error": None}
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if E2E_DIR in Path(str(item.fspath)).parents:
+        if E2E_DIR in item.path.parents:
             item.add_marker(pytest.mark.e2e)
 
 
@@ -48,16 +49,38 @@ def _start_cluster(config=None) -> localcluster.LocalCluster:
     capman = config.pluginmanager.getplugin("capturemanager") if config else None
     try:
         with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-            if cluster.is_running():
+            if cluster.is_running():  # reused as it is: other test sessions may be using it
+                cluster.reused = True
                 localcluster._log(f"tests use the running cluster in {cluster.state_dir}")
+                if cluster.kubelet_changed():
+                    localcluster._log("warning: hack/cluster/local_kubelet.py changed since that cluster's kubelet "
+                                      "started; `make cluster` restarts it with the new version")
             else:
-                cluster.up()  # builds the binaries first if needed, showing progress
-                _session["started_here"] = True
+                cluster.up()  # builds the binaries first if needed
     except BaseException as e:
         _session["error"] = e
         raise
+    _session["started_here"] = not cluster.reused
+    _user_file(cluster).write_text(str(os.getpid()))
     _session["cluster"] = cluster
     return cluster
+
+
+def _user_file(cluster) -> Path:
+    """Test sessions using a cluster register here, so that the one that started it does not
+    stop it under another session's feet."""
+    users = cluster.state_dir / "test-sessions"
+    users.mkdir(parents=True, exist_ok=True)
+    return users / str(os.getpid())
+
+
+def _other_users(cluster) -> list[int]:
+    users = []
+    for f in (cluster.state_dir / "test-sessions").glob("*"):
+        pid = int(f.name)
+        if pid != os.getpid() and localcluster._alive(pid):
+            users.append(pid)
+    return users
 
 
 def pytest_collection_finish(session):
@@ -75,9 +98,17 @@ def pytest_collection_finish(session):
 
 def pytest_sessionfinish(session, exitstatus):
     cluster = _session["cluster"]
-    if cluster is not None and _session["started_here"] and not os.environ.get("PHASEGATE_KEEP_CLUSTER"):
-        capman = session.config.pluginmanager.getplugin("capturemanager")
-        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+    if cluster is None:
+        return
+    _user_file(cluster).unlink(missing_ok=True)
+    if not _session["started_here"] or os.environ.get("PHASEGATE_KEEP_CLUSTER"):
+        return
+    capman = session.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        others = _other_users(cluster)
+        if others:
+            localcluster._log(f"leaving the cluster running: test sessions {others} still use it")
+        else:
             cluster.down()
 
 

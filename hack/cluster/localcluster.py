@@ -29,6 +29,7 @@ import argparse
 import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -42,6 +43,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -178,6 +180,10 @@ def _port_owner(port: int) -> str:
     return "another process"
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -251,6 +257,7 @@ class LocalCluster:
         self.local_pod_cidr = local_pod_cidr
         self.start_timeout = start_timeout
         self._started: dict[str, subprocess.Popen] = {}
+        self.reused = False  # after up(): True when it found the cluster already running
 
     # ---- paths
     @property
@@ -343,7 +350,10 @@ class LocalCluster:
         with self._lock():
             if self.is_running():
                 _log(f"reusing the running cluster in {self.state_dir}")
+                self.reused = True
+                self._restart_kubelet_if_changed()
                 return self
+            self.reused = False
             if self.state_dir.exists():
                 _log(f"found stale state in {self.state_dir} (not all components running): cleaning it up")
                 self._down_locked(quiet=True)
@@ -355,12 +365,26 @@ class LocalCluster:
             except BaseException:
                 _log("start-up failed: stopping every process started so far")
                 self._stop_processes(quiet=True)
-                info = self.info()
-                info["state"] = "failed"
-                self._write_info(info)
+                if self._info_file.exists():  # the logs stay for reading; the next up or down removes them
+                    self._write_info({**self.info(), "state": "failed"})
                 raise
             _log(f"cluster ready in {time.monotonic() - t0:.1f}s (binaries check {t_build:.1f}s); kubeconfig {self.kubeconfig}")
             return self
+
+    def kubelet_changed(self) -> bool:
+        """local_kubelet.py differs from the version the running local kubelet was started from."""
+        return self.info().get("kubelet_sha256") != _sha256(KUBELET_SCRIPT)
+
+    def _restart_kubelet_if_changed(self) -> None:
+        """local_kubelet.py is scaffolding that still changes: `up` on a running cluster picks up a new version."""
+        if not self.kubelet_changed():
+            return
+        info = self.info()
+        _log("hack/cluster/local_kubelet.py changed since the local kubelet started: restarting it (and its pods)")
+        self._stop_kubelet(info["pids"]["local-kubelet"])
+        kubelet = self._components(Path(info["bin_dir"]), info["ports"], info["admin_token"])[-1]
+        self._launch(kubelet, info)
+        self._wait(kubelet)
 
     @contextlib.contextmanager
     def _lock(self):
@@ -425,12 +449,13 @@ class LocalCluster:
         self._write_info(info)
         self._make_pki(tokens)
         server = f"https://127.0.0.1:{ports['kube-apiserver']}"
-        kc = {u: self._write_kubeconfig(u, server, tokens[u]) for u in tokens}
-        shutil.copy(kc["admin"], self.kubeconfig)
+        for u in tokens:
+            self._write_kubeconfig(u, server, tokens[u])
+        shutil.copy(self._kc("admin"), self.kubeconfig)
         self._write_kwok_config(bin_dir)
         _log(f"certificates and kubeconfigs written ({time.monotonic() - t0:.1f}s)")
 
-        comps = self._components(bin_dir, ports, kc, tokens["admin"])
+        comps = self._components(bin_dir, ports, tokens["admin"])
         by_name = {c.name: c for c in comps}
         # etcd, then the API server, then everything else at once
         self._launch(by_name["etcd"], info)
@@ -489,9 +514,12 @@ class LocalCluster:
         for f in pki.iterdir():
             f.chmod(0o600)
 
+    def _kc(self, user: str) -> Path:
+        return self.state_dir / "kubeconfigs" / f"{user}.kubeconfig"
+
     def _write_kubeconfig(self, user: str, server: str, token: str) -> Path:
         ca = base64.b64encode((self.state_dir / "pki/ca.crt").read_bytes()).decode()
-        path = self.state_dir / "kubeconfigs" / f"{user}.kubeconfig"
+        path = self._kc(user)
         cfg = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -512,8 +540,10 @@ class LocalCluster:
         (self.state_dir / "kwok.yaml").write_text("\n---\n".join(docs) + "\n")
 
     # ---- components
-    def _components(self, b: Path, ports: dict[str, int], kc: dict[str, Path], admin_token: str) -> list[Component]:
+    def _components(self, b: Path, ports: dict[str, int], admin_token: str) -> list[Component]:
+        """The command lines, in COMPONENTS order."""
         pki = self.state_dir / "pki"
+        kc = {u: self._kc(u) for u in ("kcm", "scheduler", "kwok", "kubelet")}
         p = ports
         api = f"https://127.0.0.1:{p['kube-apiserver']}"
 
@@ -576,13 +606,17 @@ class LocalCluster:
             Component("local-kubelet", [
                 sys.executable, str(KUBELET_SCRIPT), f"--kubeconfig={kc['kubelet']}",
                 f"--state-dir={self.state_dir}", f"--pod-cidr={self.local_pod_cidr}",
-            ], lambda: self._node_ready("local-process"), "node local-process is Ready"),
+            ], self._kubelet_ready, "node local-process Ready, its Lease renewed by this kubelet"),
         ]
 
     def _launch(self, c: Component, info: dict) -> None:
         log = open(self.log_file(c.name), "ab")
         env = dict(os.environ)
         env.pop("KUBECONFIG", None)
+        if c.name == "local-kubelet":  # pods find this Python (the virtualenv's) first on their PATH
+            env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
+            info["kubelet_started_at"] = time.time()
+            info["kubelet_sha256"] = _sha256(KUBELET_SCRIPT)
         proc = subprocess.Popen(c.argv, cwd=self.state_dir, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         log.close()
@@ -665,6 +699,20 @@ class LocalCluster:
             return False
         return code == 200 and self._is_ready(node)
 
+    def _kubelet_ready(self) -> bool:
+        if not self._node_ready("local-process"):
+            return False
+        try:
+            code, lease = self._api("GET", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/local-process")
+        except OSError:
+            return False
+        renewed = lease.get("spec", {}).get("renewTime", "") if code == 200 else ""
+        try:
+            at = datetime.strptime(renewed, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            return False
+        return at >= self.info().get("kubelet_started_at", 0)
+
     def _nodes_ready(self) -> bool:
         try:
             code, nodes = self._api("GET", "/api/v1/nodes")
@@ -706,18 +754,20 @@ class LocalCluster:
                 pids.add(int(d))
         return {p for p in pids if _alive(p)}
 
+    def _stop_kubelet(self, pid: int) -> None:
+        """The kubelet stops its pods on SIGTERM (SIGKILL after 5s); what is left is killed here."""
+        tree = {pid} | _descendants({pid})
+        _terminate({pid}, timeout=8)
+        _terminate(tree | self._pod_pids(), timeout=2)
+
     def _stop_processes(self, quiet: bool = False) -> set[int]:
         recorded = self._recorded_pids()
         recorded.update({n: p.pid for n, p in self._started.items()})
         ours = {n: p for n, p in recorded.items() if self._ours(p)}
         t0 = time.monotonic()
-        # the kubelet first: it stops its pods (SIGTERM, then SIGKILL after 5s)
-        if "local-kubelet" in ours:
-            kubelet = ours.pop("local-kubelet")
-            tree = {kubelet} | _descendants({kubelet})
-            _terminate({kubelet}, timeout=8)
-            _terminate(tree | self._pod_pids(), timeout=2)
         order = [n for n in reversed(COMPONENTS) if n in ours]
+        if "local-kubelet" in ours:  # first, so that it stops its pods
+            self._stop_kubelet(ours.pop("local-kubelet"))
         tree = set(ours.values()) | _descendants(set(ours.values()))
         # everything but etcd at once, then etcd (the API server shuts down cleaner with etcd up)
         etcd = ours.get("etcd")

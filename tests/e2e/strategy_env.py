@@ -104,9 +104,11 @@ class Strategies:
     def wait(self, name: str, pred: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> dict[str, Any]:
         return wait_for(lambda: (lambda s: s if pred(s) else None)(self.status(name)), timeout, f"{name}: {what}")
 
-    def events_for(self, name: str) -> list[Any]:
-        evs = self.events.list_namespaced_event(self.ns).items
-        return [e for e in evs if e.regarding and e.regarding.name == name and e.reporting_controller == "phasegate.dev/operator"]
+    def events_for(self, name: str) -> list[dict[str, Any]]:
+        # Raw JSON: the typed client refuses core Events whose eventTime is null.
+        raw = self.events.list_namespaced_event(self.ns, _preload_content=False)
+        items = json.loads(raw.data)["items"]
+        return [e for e in items if (e.get("regarding") or {}).get("name") == name and e.get("reportingController") == "phasegate.dev/operator"]
 
 
 def history_actions(status: dict[str, Any]) -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from decimal import Decimal
 
 import pytest
 import yaml
@@ -50,7 +51,7 @@ def test_whole_ladder_climbs_in_order_with_the_right_pod_environment(op, ts, clu
         ("start", "paper"), ("advance", "shadow"), ("advance", "live-10"), ("advance", "live-50"), ("complete", "live-100")
     ]
     assert [h["seq"] for h in st["history"]] == [1, 2, 3, 4, 5]
-    assert st["capitalFraction"] == "1.0" and st["phase"] == "live-100"
+    assert Decimal(st["capitalFraction"]) == 1 and st["phase"] == "live-100"
     # every transition has its Event
     wait_for(lambda: len(ts.events_for("climber")) >= 5, 20, "one Event per history entry")
     # the pod carried the right mode and fraction at each rung, in order
@@ -78,7 +79,7 @@ def test_ceiling_stops_the_ladder_and_raising_it_lets_it_continue(op, ts):
     ts.wait("ceiling", lambda s: s.get("phase") == "live-10" and "CeilingReached" in s.get("message", ""), 90, "held at live-10 by the ceiling")
     time.sleep(5)
     st = ts.status("ceiling")
-    assert st["phase"] == "live-10" and st["capitalFraction"] == "0.1"
+    assert st["phase"] == "live-10" and Decimal(st["capitalFraction"]) == Decimal("0.1")
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "CeilingReached"
     # phase2.yaml: the same strategy with the ceiling raised to 50%
@@ -86,7 +87,7 @@ def test_ceiling_stops_the_ladder_and_raising_it_lets_it_continue(op, ts):
     st = ts.wait("ceiling", lambda s: s.get("phase") == "live-50", 60, "continued to live-50")
     time.sleep(5)
     st = ts.status("ceiling")
-    assert st["phase"] == "live-50" and st["capitalFraction"] == "0.5"
+    assert st["phase"] == "live-50" and Decimal(st["capitalFraction"]) == Decimal("0.5")
     assert [a for a, _ in history_actions(st)].count("advance") == 3
 
 
@@ -113,7 +114,7 @@ def test_breaker_condition_halts_and_the_halt_survives_restart_reapply_and_scali
     st = ts.wait("halter", lambda s: s.get("state") == "Halted", 15, "Halted")
     wait_for(lambda: ts.replicas("halter") == 0, 10, "StatefulSet scaled to 0")
     assert st["history"][-1]["action"] == "halt"
-    wait_for(lambda: any(e.reason == "Halt" and e.type == "Warning" for e in ts.events_for("halter")), 15, "a Halt Event")
+    wait_for(lambda: any(e["reason"] == "Halt" and e["type"] == "Warning" for e in ts.events_for("halter")), 15, "a Halt Event")
     seq = st["historySeq"]
 
     # an operator restart does not resume it
@@ -165,15 +166,23 @@ def test_bad_manifests_are_rejected_naming_the_field_and_a_running_strategy_is_u
     before = ts.get("guarded")
     kubectl = str(cluster.bin_dir / "kubectl")
     for patch, words in BAD:
-        bad = plans.strategy("guarded", max_fraction=0.10)
-        bad["spec"].update(patch)
-        path = tmp_path / "bad.yaml"
-        path.write_text(yaml.safe_dump(bad))
-        res = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "apply", "-f", str(path)],
-                             capture_output=True, text=True, timeout=30)
-        assert res.returncode != 0, f"{patch} was accepted"
-        assert words in res.stderr, f"{patch}: {res.stderr}"
+        # as a new strategy (client-side apply), and over the running one (server-side
+        # apply, so that the manifest's fields replace the stored ones)
+        targets = [("fresh", [])]
+        if "riskLimits" not in patch:
+            # (an empty riskLimits merged over stored limits keeps them: checked below)
+            targets.append(("guarded", ["--server-side", "--force-conflicts"]))
+        for name, mode in targets:
+            bad = plans.strategy(name, max_fraction=0.10)
+            bad["spec"].update(patch)
+            path = tmp_path / "bad.yaml"
+            path.write_text(yaml.safe_dump(bad))
+            res = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "apply", *mode, "-f", str(path)],
+                                 capture_output=True, text=True, timeout=30)
+            assert res.returncode != 0, f"{patch} was accepted for {name}"
+            assert words in res.stderr, f"{patch}: {res.stderr}"
     after = ts.get("guarded")
+    assert after["spec"]["riskLimits"]["maxDrawdown"]["threshold"] == 0.1
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     assert after["spec"] == before["spec"]
     assert after["status"]["state"] in ("Progressing", "Completed")

@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from phasegate.api import BreakerState, Mode, State, StrategySpec, StrategyStatus, parse_duration
+from phasegate.api import BreakerState, State, StrategySpec, StrategyStatus
 
 from .model import Strategy, parse_time
 
@@ -135,8 +135,9 @@ def render_status(obj: dict[str, Any], now: datetime) -> RenderableType:
         )
     if s.spec is not None:
         parts.append(_ladder(s.spec, st, now))
-    parts.append(_gates(s.spec, st))
-    parts.append(_breakers(st, now))
+    if s.has_status:
+        parts.append(_gates(s.spec, st))
+        parts.append(_breakers(st, now))
     if st.conditions:
         parts.append(_conditions(st, now))
     if st.backtest is not None:
@@ -146,7 +147,13 @@ def render_status(obj: dict[str, Any], now: datetime) -> RenderableType:
     req = _requests(s, now)
     if req is not None:
         parts.append(req)
-    parts.append(history_table(st, now, HISTORY_IN_STATUS, title=f"History (last {HISTORY_IN_STATUS})"))
+    if s.has_status:
+        parts.append(
+            history_table(
+                st, now, HISTORY_IN_STATUS, title=f"History (last {HISTORY_IN_STATUS})",
+                more=f"`phasegate history {s.name}` shows them",
+            )
+        )
     return Group(*parts)
 
 
@@ -235,9 +242,11 @@ def _ladder(spec: StrategySpec, st: StrategyStatus, now: datetime) -> Renderable
             _marker(i, p, spec, st, now, started),
             style=style,
         )
-    t.caption = f"ceiling spec.maxFraction = {pct(spec.max_fraction)}: the ladder stops at {spec.phases[ceiling].name}"
-    t.caption_justify = "left"
-    return t
+    note = Text(
+        f"ceiling spec.maxFraction = {pct(spec.max_fraction)}: the ladder stops at {spec.phases[ceiling].name}",
+        style="dim",
+    )
+    return Group(t, note)
 
 
 def _gates(spec: Optional[StrategySpec], st: StrategyStatus) -> RenderableType:
@@ -360,7 +369,9 @@ def _requests(s: Strategy, now: datetime) -> Optional[RenderableType]:
 # --- history --------------------------------------------------------------------
 
 
-def history_table(st: StrategyStatus, now: datetime, limit: Optional[int], title: str = "History") -> RenderableType:
+def history_table(
+    st: StrategyStatus, now: datetime, limit: Optional[int], title: str = "History", more: str = "raise --limit"
+) -> RenderableType:
     entries = sorted(st.history, key=lambda h: h.seq)
     if not entries:
         return Text(f"{title}: no entries yet", style="dim")
@@ -383,19 +394,18 @@ def history_table(st: StrategyStatus, now: datetime, limit: Optional[int], title
     hidden = len(entries) - len(shown)
     notes = []
     if hidden:
-        notes.append(f"{hidden} earlier entries not shown (--limit)")
+        notes.append(f"{hidden} earlier entries not shown ({more})")
     if older > 0:
         notes.append(f"{older} older entries dropped from status (spec.historyLimit)")
     if notes:
-        t.caption = "; ".join(notes)
-        t.caption_justify = "left"
+        return Group(t, Text("; ".join(notes), style="dim"))
     return t
 
 
 def render_history(obj: dict[str, Any], now: datetime, limit: Optional[int]) -> RenderableType:
     s = Strategy.from_obj(obj)
     title = f"History of {s.namespace}/{s.name}"
-    return history_table(s.status, now, limit, title=title)
+    return history_table(s.status, now, limit, title=title, more="--limit 0 shows all")
 
 
 # --- list -----------------------------------------------------------------------
@@ -426,7 +436,7 @@ def render_list(objs: Iterable[dict[str, Any]], now: datetime, all_namespaces: b
             meta.get("name", ""),
             status.get("phase") or "-",
             state_text(status.get("state")),
-            pct(status.get("capitalFraction")) if status.get("capitalFraction") is not None else "-",
+            pct(status.get("capitalFraction", 0)) if status else "-",
             Text(ready or "-", style={"True": "green", "False": "red"}.get(ready, "dim")),
             reason or "-",
             human_duration(now - created) if created else "-",
@@ -437,5 +447,5 @@ def render_list(objs: Iterable[dict[str, Any]], now: datetime, all_namespaces: b
 
 __all__ = [
     "ago", "history_table", "human_duration", "money", "pct", "render_history", "render_list",
-    "render_status", "stamp", "to_text", "Mode", "parse_duration",
+    "render_status", "stamp", "to_text",
 ]

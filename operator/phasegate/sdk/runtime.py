@@ -17,13 +17,12 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Callable, Mapping, Sequence
 
 from phasegate.api import contract
 
-from .backtest import NullLog
 from .breakers import BreakerBoard, BreakerLimits
 from .broker import CostModel, OrderRequest, PaperBroker, Side
 from .checkpoint import Checkpoint, CheckpointCorrupt, CheckpointStore
@@ -298,6 +297,15 @@ class StrategyRuntime:
                         f"positions are sized with {contract.ENV_CAPITAL}={config.capital}",
                 capital=config.capital,
                 capital_fraction=config.capital_fraction,
+            )
+        latency = self.app.costs.latency.total_seconds()
+        if self.app.bar_seconds < latency * 1.25:
+            self.log.warning(
+                "runtime.bars_faster_than_latency",
+                bar_seconds=self.app.bar_seconds,
+                latency_seconds=latency,
+                consequence="orders fill at a later bar's price than the one they were decided on, unlike the "
+                            "backtest: slippage rises and execution quality falls",
             )
         if self.app.on_started is not None:
             self.app.on_started(self)

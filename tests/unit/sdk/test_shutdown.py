@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from phasegate.api import contract
 from phasegate.sdk.backtest import NullLog
 from phasegate.sdk.shutdown import (
     STEP_ORDER,
