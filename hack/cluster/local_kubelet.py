@@ -54,6 +54,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
@@ -704,7 +705,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        kubelet.register_node()
+        last_error = ""
+        while True:  # localcluster starts this alongside the API server: wait until that serves
+            try:
+                kubelet.register_node()
+                break
+            except (ApiException, urllib3.exceptions.HTTPError) as e:
+                error = f"{getattr(e, 'status', '')} {getattr(e, 'reason', '') or e}"
+                if error != last_error:
+                    log.info("cannot register the node yet (%s); retrying", error)
+                    last_error = error
+                time.sleep(0.2)
         threading.Thread(target=kubelet.heartbeat, name="heartbeat", daemon=True).start()
         kubelet.sync_pods()
     except _Stop as e:

@@ -457,12 +457,13 @@ class LocalCluster:
 
         comps = self._components(bin_dir, ports, tokens["admin"])
         by_name = {c.name: c for c in comps}
-        # etcd, then the API server, then everything else at once
+        # etcd; the API server and the local kubelet (slow to import, it retries); then the rest at once
         self._launch(by_name["etcd"], info)
         self._wait(by_name["etcd"])
         self._launch(by_name["kube-apiserver"], info)
+        self._launch(by_name["local-kubelet"], info)
         self._wait(by_name["kube-apiserver"])
-        for name in COMPONENTS[2:]:
+        for name in COMPONENTS[2:-1]:
             self._launch(by_name[name], info)
         self._create_kwok_nodes()
         for name in COMPONENTS[2:]:
@@ -504,7 +505,9 @@ class LocalCluster:
                       "-days", "3650", "-sha256", "-extfile", "server.ext", "-out", "apiserver.crt")
         users = {
             "admin": ("phasegate-admin", "system:masters"),
-            "kcm": ("system:kube-controller-manager", ""),
+            # controllers act as the controller-manager itself, not one ServiceAccount each: its start
+            # takes 0.5s instead of 5s. RBAC still applies to every other client.
+            "kcm": ("system:kube-controller-manager", "system:masters"),
             "scheduler": ("system:kube-scheduler", ""),
             "kwok": ("kwok", "system:masters"),
             "kubelet": ("phasegate:local-kubelet", "system:masters"),  # reads Secrets for env, as a kubelet does
@@ -584,7 +587,7 @@ class LocalCluster:
                 str(b / "kube-controller-manager"), f"--kubeconfig={kc['kcm']}",
                 "--bind-address=127.0.0.1", f"--secure-port={p['kube-controller-manager']}", "--leader-elect=false",
                 f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-                "--use-service-account-credentials=true",
+                "--use-service-account-credentials=false",  # see the token file
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
                 # a node is NotReady 40s after its last heartbeat; the local kubelet renews its Lease every 5s
                 "--node-monitor-period=5s", "--node-monitor-grace-period=40s",

@@ -255,8 +255,20 @@ def test_requests_answered_by_the_operator(kubeconfig, namespace, api, k8s, tmp_
         assert res.returncode == 0, res.stdout + res.stderr + op.tail()
         wait_for(lambda: status().get("state") not in ("Halted", None), 20, "left Halted after reset")
     finally:
-        op.stop()
+        # Delete while the operator runs, so that its finalizer is removed and the
+        # namespace can go.
+        try:
+            api.delete_namespaced_custom_object(G, V, namespace, P, "answered")
+            wait_for(lambda: not _exists(api, namespace, "answered"), 30, "strategy deleted")
+        finally:
+            op.stop()
+
+
+def _exists(api, namespace: str, name: str) -> bool:
     try:
-        api.delete_namespaced_custom_object(G, V, namespace, P, "answered")
-    except ApiException:
-        pass
+        api.get_namespaced_custom_object(G, V, namespace, P, name)
+        return True
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise

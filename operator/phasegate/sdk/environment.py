@@ -69,6 +69,8 @@ class RuntimeConfig:
     metrics_port: int
     bind_address: str
     termination_message_path: Path
+    account: str | None = None
+    """The broker account name (PHASEGATE_ACCOUNT), logged only: the paper broker has no accounts."""
 
     @property
     def book(self) -> str:
@@ -236,6 +238,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> RuntimeConfig:
         metrics_port=port,
         bind_address=bind,
         termination_message_path=termination,
+        account=text(contract.ENV_ACCOUNT),
     )
 
 

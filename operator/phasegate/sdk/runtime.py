@@ -285,6 +285,7 @@ class StrategyRuntime:
             capital_fraction=config.capital_fraction,
             shadow=config.shadow,
             book=config.book,
+            account=config.account,
             broker="paper",
             bar_seconds=self.app.bar_seconds,
             restored_sequence=self.restored.sequence if self.restored else None,

@@ -159,6 +159,9 @@ def test_kills_at_random_moments_always_leave_a_whole_checkpoint(tmp_path):
             time.sleep(rng.uniform(0, 0.05))
         finally:
             kill(writer)
+        # Everything it printed before dying is still in the pipe: the last one is the last finished write.
+        assert writer.stdout is not None
+        printed += [line.strip() for line in writer.stdout if line.strip()]
         reported = int(printed[-1])
         checkpoint = CheckpointStore(directory, "big").load()
         # The last write it reported, or the next one if the kill came just after its rename.
