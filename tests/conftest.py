@@ -62,6 +62,7 @@ def _start_cluster(config=None) -> localcluster.LocalCluster:
         _session["error"] = e
         raise
     _session["started_here"] = not cluster.reused
+    _user_file(cluster).parent.mkdir(parents=True, exist_ok=True)
     _user_file(cluster).write_text(str(os.getpid()))
     _session["cluster"] = cluster
     return cluster
@@ -70,9 +71,7 @@ def _start_cluster(config=None) -> localcluster.LocalCluster:
 def _user_file(cluster) -> Path:
     """Test sessions using a cluster register here, so that the one that started it does not
     stop it under another session's feet."""
-    users = cluster.state_dir / "test-sessions"
-    users.mkdir(parents=True, exist_ok=True)
-    return users / str(os.getpid())
+    return cluster.state_dir / "test-sessions" / str(os.getpid())
 
 
 def _other_users(cluster) -> list[int]:

@@ -172,6 +172,8 @@ class PodRunner(threading.Thread):
         self.ever_started = False
         self.restarts = int(next(iter(pod.get("status", {}).get("containerStatuses") or []), {}).get("restartCount", 0))
         self.last_terminated: dict | None = None
+        self.crashes = 0
+        self.started_mono = 0.0
         self.state: dict = {"waiting": {"reason": "ContainerCreating"}}
         self.ready = False
         self.restart_at: float | None = None
@@ -245,7 +247,7 @@ class PodRunner(threading.Thread):
             self.report()
             return
         self.term_path.write_text("")
-        self.container_started = now()
+        self.container_started, self.started_mono = now(), time.monotonic()
         try:
             if not argv:
                 raise OSError("the local-process runtime needs container.command or args (the image is not run)")
@@ -327,7 +329,9 @@ class PodRunner(threading.Thread):
         if self.restart_policy == "Always" or (self.restart_policy == "OnFailure" and code != 0):
             self.restarts += 1
             self.last_terminated = term
-            backoff = min(BACKOFF_FIRST * 2 ** (self.restarts - 1), BACKOFF_MAX)
+            # the back-off doubles with each quick crash; a run of a minute or more resets it
+            self.crashes = 1 if time.monotonic() - self.started_mono >= 60 else self.crashes + 1
+            backoff = min(BACKOFF_FIRST * 2 ** (self.crashes - 1), BACKOFF_MAX)
             self.state = {"waiting": {"reason": "CrashLoopBackOff", "message": (
                 f"back-off {backoff:.0f}s restarting failed container={self.c['name']} pod={self.pod_name}_{self.ns}")}}
             self.restart_at = time.monotonic() + backoff
@@ -531,6 +535,7 @@ class Kubelet:
             if e.status != 409:
                 raise
             node = self.core.patch_node(NODE_NAME, {"metadata": {"labels": NODE_LABELS}}, _preload_content=False)
+            log.info("node %s exists: taking it over", NODE_NAME)
             taints = json.loads(node.data).get("spec", {}).get("taints") or []
             if not any(t.get("key") == TAINT["key"] for t in taints):
                 node = self.core.patch_node(NODE_NAME, {"spec": {"taints": [*taints, TAINT]}}, _preload_content=False)
@@ -653,6 +658,9 @@ class Kubelet:
             try:
                 listed = json.loads(self.core.list_pod_for_all_namespaces(field_selector=selector, _preload_content=False).data)
                 uids = set()
+                for pod in listed["items"]:  # pods from a previous kubelet keep their addresses
+                    if pod.get("status", {}).get("podIP") and pod["status"].get("phase") not in ("Succeeded", "Failed"):
+                        self.ips.allocate(pod["metadata"]["uid"], pod["status"]["podIP"])
                 for pod in listed["items"]:
                     uids.add(pod["metadata"]["uid"])
                     self.on_pod(pod)

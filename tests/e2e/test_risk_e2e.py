@@ -42,8 +42,26 @@ def control(ts: Strategies, name: str, body: dict) -> dict:
         f"http://{pod.status.pod_ip}:9100/control", data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"}, method="POST",
     )
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.loads(r.read())
+    for attempt in range(20):
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return json.loads(r.read())
+        except urllib.error.URLError:
+            if attempt == 19:
+                raise
+            time.sleep(0.25)
+
+
+def pod_of_phase(ts: Strategies, name: str, phase: str, timeout: float = 30) -> None:
+    """Wait until the strategy's pod is the one of `phase`, running and ready (a phase change rolls it)."""
+    def ready():
+        pod = ts.core.read_namespaced_pod(f"{name}-0", ts.ns)
+        return (
+            (pod.metadata.annotations or {}).get("phasegate.dev/phase") == phase
+            and pod.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        )
+    wait_for(ready, timeout, f"{name}-0 running {phase}")
 
 
 def metrics_read(ts: Strategies, name: str, timeout: float = 60) -> None:
@@ -78,7 +96,7 @@ def test_daily_loss_breach_halts(op, ts):
     control(ts, "daily", {"portfolio_value": "935000"})
     st = ts.wait("daily", lambda s: s.get("state") == "Halted", 20, "Halted")
     assert "maxDailyLoss" in tripped(st)
-    assert st["risk"]["dayOpenValue"] == "1000000"
+    assert Decimal(st["risk"]["dayOpenValue"]) == Decimal("1000000")
 
 
 @pytest.mark.timeout(120)
@@ -105,6 +123,7 @@ def test_breaker_trip_reported_by_the_strategy_halts(op, ts):
 def test_reduce_action_steps_the_fraction_down(op, ts):
     ts.create(plans.strategy("reducer", max_fraction=0.5))
     ts.wait("reducer", lambda s: s.get("phase") == "live-50", 90, "live-50")
+    pod_of_phase(ts, "reducer", "live-50")
     control(ts, "reducer", {"largest_position_fraction": "0.07"})
     st = ts.wait("reducer", lambda s: s.get("state") == "Paused", 20, "Paused after reduce")
     assert st["phase"] == "live-10" and Decimal(st["capitalFraction"]) == Decimal("0.1")

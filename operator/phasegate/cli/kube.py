@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from phasegate.api import contract
 
-from .errors import UNREACHABLE, CliError
+from .errors import REFUSED, UNREACHABLE, CliError
 
 CRD_NAME = f"{contract.PLURAL}.{contract.GROUP}"
 _STRATEGIES = f"/apis/{contract.GROUP}/{contract.VERSION}"
@@ -335,8 +335,6 @@ def _short(exc: BaseException) -> str:
 
 
 def _unexpected(err: ApiError, doing: str) -> CliError:
-    from .errors import REFUSED
-
     if err.status == 422:
         return CliError(f"the apiserver refused {doing} (422 Invalid): {err.message}", REFUSED)
     return CliError(f"the apiserver failed {doing} ({err.status}): {err.message}", UNREACHABLE)

@@ -85,6 +85,10 @@ app = _App(
     cls=_Group,
     name="phasegate",
     help="Take trading strategies up their capital ladder, and halt them. Also `kubectl phasegate`.",
+    epilog=(
+        "Exit codes: 0 ok; 1 refused, rejected or bad arguments; 2 the operator did not answer "
+        "in time; 3 not found, or the cluster cannot be reached."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,

@@ -89,7 +89,7 @@ def pod_environment(spec: StrategySpec, status: StrategyStatus, name: str, mode:
     return env
 
 
-def _container(spec: StrategySpec, env: list[dict[str, Any]]) -> dict[str, Any]:
+def _container(spec: StrategySpec, env: list[dict[str, Any]], with_probe: bool = False) -> dict[str, Any]:
     t = spec.template
     c: dict[str, Any] = {
         "name": "strategy",
@@ -100,6 +100,14 @@ def _container(spec: StrategySpec, env: list[dict[str, Any]]) -> dict[str, Any]:
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "checkpoints", "mountPath": contract.DEFAULT_CHECKPOINT_DIR}],
     }
+    if with_probe:
+        # Ready means the metrics endpoint answers: the operator grades nothing before that.
+        c["readinessProbe"] = {
+            "httpGet": {"path": "/metrics", "port": t.metrics_port},
+            "periodSeconds": 2,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        }
     for key, value in (
         ("command", t.command),
         ("args", t.args),
@@ -148,7 +156,7 @@ def statefulset(spec: StrategySpec, status: StrategyStatus, owner: Owner) -> dic
                     "labels": pod_labels,
                     "annotations": {contract.ANNOTATION_PHASE: status.phase},
                 },
-                "spec": _pod_spec(spec, _container(spec, env), "Always"),
+                "spec": _pod_spec(spec, _container(spec, env, with_probe=True), "Always"),
             },
         },
     }

@@ -127,6 +127,8 @@ class _Work:
 
         frm = self.fields["phase"]
         phase = self.spec.phases[index]
+        if self.spec.capital_for(phase) != self.fields.get("capital"):
+            self.rearm_risk()
         self.fields.update(
             phase=phase.name,
             phase_index=index,
@@ -145,6 +147,10 @@ class _Work:
         else:
             self.fields["state"] = State.PROGRESSING
         self.record(action, reason, by=by, to=phase.name, frm=frm)
+
+    def rearm_risk(self) -> None:
+        """A new capital base is a new book: drawdown and daily loss start from its first read."""
+        self.fields["risk"] = self.fields["risk"].model_copy(update={"high_water_mark": None, "day_open_value": None})
 
     def set_state(self, state: State, action: str, reason: str, by: str = OPERATOR) -> None:
         self.fields["state"] = state
@@ -182,6 +188,11 @@ def decide(
 
     _answer_request(w, status, obs)
 
+    if w.state in ABSORBING_STATES and w.fields["capital_fraction"] > spec.max_fraction:
+        # Stopped already, but the record must obey the new ceiling too; the rung is
+        # stepped down by the first reconcile after a reset.
+        w.fields["capital_fraction"] = spec.max_fraction
+        w.record("reduce", f"spec.maxFraction lowered to {spec.max_fraction} while {w.state.value}")
     if w.state not in ABSORBING_STATES:
         _retry_failed_on_new_generation(w, status)
         _obey_ceiling(w)
@@ -244,7 +255,7 @@ def _apply_request(w: _Work, req: Request) -> None:
         w.fields["emergency"] = None
         # Re-arm drawdown and daily loss from the value at the next read: otherwise a
         # strategy still below its old high-water mark would trip again at once.
-        w.fields["risk"] = w.fields["risk"].model_copy(update={"high_water_mark": None, "day_open_value": None})
+        w.rearm_risk()
         # The rung must prove itself again: the minimum duration restarts now.
         w.fields["phase_started_at"] = w.now
         w.fields["conditions"] = [
@@ -309,11 +320,13 @@ def _observe_metrics(w: _Work, status: StrategyStatus, obs: Observation) -> bool
         )
         if already:
             return False
+        if obs.metrics_phase is not None and obs.metrics_phase != w.phase.name:
+            # The previous phase's pod, still shutting down, trades another book (another
+            # capital base): its values would read as a loss against the new one.
+            return False
         evaluation = evaluate_risk(w.spec, w.fields["risk"], obs.metrics, w.now)
         w.fields["risk"] = evaluation.state
         _trip(w, list(evaluation.breaches) + list(obs.breaches))
-        if obs.metrics_phase is not None and obs.metrics_phase != w.phase.name:
-            return False  # risk counts whatever pod trades; gates count only this phase's pod
         if w.phase.mode is not Mode.BACKTEST:
             w.fields["gates"] = evaluate_metric_gates(w.phase.effective_gates, w.fields["risk"], obs.metrics)
         return True
@@ -396,6 +409,7 @@ def _reduce(w: _Work, reason: str) -> None:
         w.fields["capital_fraction"] = (w.fields["capital_fraction"] * REDUCE_CUT).quantize(Decimal("0.0001"))
         w.fields["capital"] = w.spec.capital * w.fields["capital_fraction"]
         w.fields["phase_started_at"] = w.now
+        w.rearm_risk()
         w.record("reduce", f"{reason}; fraction cut by 20%")
     else:
         w.set_state(State.PAUSED, "pause", f"{reason}; no capital at risk to reduce, pausing")

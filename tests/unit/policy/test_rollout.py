@@ -232,3 +232,19 @@ def test_emergency_step_that_times_out_is_recorded_and_the_sequence_goes_on():
     now += timedelta(seconds=301)
     d, st = step(s, st, Observation(emergency=EmergencyObservation(pod_gone=False, flatten="Running")), now)
     assert st.emergency.steps[2].outcome == "TimedOut" and st.emergency.finished
+
+
+def test_a_new_capital_base_is_not_read_as_a_loss():
+    """shadow trades 1M of paper capital, live-10 a 100k book: not a 90% drawdown."""
+    s = spec()
+    m = Market()
+    st, now, _ = climb(s, m, start(s), T0, 22)
+    assert st.phase == "live-10"
+    now += timedelta(seconds=1)
+    # the shadow pod, still shutting down, is ignored; the live pod starts a new book
+    d, st = step(s, st, Observation(metrics=m.healthy(now), metrics_phase="shadow"), now)
+    assert st.state is State.PROGRESSING
+    now += timedelta(seconds=1)
+    d, st = step(s, st, Observation(metrics=m.healthy(now, value=Decimal(100000)), metrics_phase="live-10"), now)
+    assert st.state is State.PROGRESSING and not st.breakers
+    assert st.risk.high_water_mark == Decimal(100000)
