@@ -238,8 +238,10 @@ def test_a_new_capital_base_is_not_read_as_a_loss():
     """shadow trades 1M of paper capital, live-10 a 100k book: not a 90% drawdown."""
     s = spec()
     m = Market()
-    st, now, _ = climb(s, m, start(s), T0, 22)
-    assert st.phase == "live-10"
+    st, now = start(s), T0
+    while st.phase != "live-10":
+        st, now, _ = climb(s, m, st, now, 1)
+    assert st.risk.high_water_mark is None  # re-armed for the new book
     now += timedelta(seconds=1)
     # the shadow pod, still shutting down, is ignored; the live pod starts a new book
     d, st = step(s, st, Observation(metrics=m.healthy(now), metrics_phase="shadow"), now)
