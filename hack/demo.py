@@ -76,6 +76,28 @@ def start_operator(kubeconfig: Path) -> int:
     raise SystemExit(f"the operator did not come up; see {STATE / 'operator.log'}")
 
 
+def wait_for_rung_pod(core, custom, phase: str, timeout: float = 90) -> str:
+    """The pod of `phase` running, ready and read by the operator: a phase change rolls the pod."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pod = core.read_namespaced_pod(f"{NAME}-0", NAMESPACE)
+        except Exception:
+            pod = None
+        st = custom.get_namespaced_custom_object(G, V, NAMESPACE, P, NAME).get("status") or {}
+        read = any(c["type"] == "MetricsAvailable" and c["status"] == "True" for c in st.get("conditions", []))
+        if (
+            pod is not None
+            and (pod.metadata.annotations or {}).get("phasegate.dev/phase") == phase
+            and pod.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+            and read
+        ):
+            return pod.status.pod_ip
+        time.sleep(0.5)
+    raise SystemExit(f"the {phase} pod did not become ready")
+
+
 def up() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -102,6 +124,15 @@ def up() -> int:
     except client.exceptions.ApiException as exc:
         if exc.status != 409:
             raise
+    try:  # a demo run before this one: start the ladder from the bottom again
+        custom.delete_namespaced_custom_object(G, V, NAMESPACE, P, NAME)
+        print("(deleting the previous run's demo strategy)", flush=True)
+        while True:
+            custom.get_namespaced_custom_object(G, V, NAMESPACE, P, NAME)
+            time.sleep(0.5)
+    except client.exceptions.ApiException as exc:
+        if exc.status != 404:
+            raise
     subprocess.run(["kubectl", "-n", NAMESPACE, "apply", "-f", str(ROOT / "strategies" / "demo.yaml")], check=True)
     print(
         "The ladder: backtest (a Job; its Sharpe, drawdown, walk-forward and Monte Carlo results must pass),\n"
@@ -115,7 +146,7 @@ def up() -> int:
     from phasegate.cli.render import render_status
     from rich.console import Console
 
-    console = Console()
+    console = Console(width=max(140, Console().width))
     promoted = False
     last_phase = None
     deadline = time.monotonic() + 420
@@ -139,9 +170,12 @@ def up() -> int:
     climbed = time.monotonic() - started
 
     say("6/6 the market crashes; the operator's own drawdown check trips the breaker")
-    pod = core.read_namespaced_pod(f"{NAME}-0", NAMESPACE)
-    req = urllib.request.Request(f"http://{pod.status.pod_ip}:9100/demo/crash", data=b"{}", method="POST")
+    pod_ip = wait_for_rung_pod(core, custom, "live-100")
+    print("(letting the live-100 book trade for a few seconds first)", flush=True)
+    time.sleep(5)
+    req = urllib.request.Request(f"http://{pod_ip}:9100/demo/crash", data=b"{}", method="POST")
     urllib.request.urlopen(req, timeout=5).read()
+    print("$ curl -X POST http://<demo pod>:9100/demo/crash   # prices fall 8% a bar, no volume to sell into", flush=True)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 60:
         st = custom.get_namespaced_custom_object(G, V, NAMESPACE, P, NAME).get("status") or {}

@@ -65,7 +65,9 @@ start=$(date +%s)
 if have_assets; then
   log "using etcd and kube-apiserver from KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
   for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    [ -x "$KUBEBUILDER_ASSETS/$b" ] && ln -sf "$KUBEBUILDER_ASSETS/$b" "$bin_dir/$b"
+    if [ -x "$KUBEBUILDER_ASSETS/$b" ] && ! [ "$KUBEBUILDER_ASSETS/$b" -ef "$bin_dir/$b" ]; then
+      ln -sf "$KUBEBUILDER_ASSETS/$b" "$bin_dir/$b"
+    fi
   done
 fi
 

@@ -211,6 +211,12 @@ def _free_ports(n: int) -> list[int]:
 # --------------------------------------------------------------------------- HTTP checks
 
 
+def _open(req: urllib.request.Request, timeout: float, ctx: ssl.SSLContext | None):
+    """urlopen that ignores http(s)_proxy: everything here is on loopback."""
+    handlers = [urllib.request.ProxyHandler({})] + ([urllib.request.HTTPSHandler(context=ctx)] if ctx else [])
+    return urllib.request.build_opener(*handlers).open(req, timeout=timeout)
+
+
 def _http_get(url: str, *, token: str | None = None, ca: Path | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
     if url.startswith("https"):
         ctx = ssl.create_default_context(cafile=str(ca)) if ca else ssl._create_unverified_context()
@@ -218,7 +224,7 @@ def _http_get(url: str, *, token: str | None = None, ca: Path | None = None, tim
         ctx = None
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
+        with _open(req, timeout, ctx) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -665,7 +671,7 @@ class LocalCluster:
             headers={"Authorization": f"Bearer {info['admin_token']}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+            with _open(req, 5, ctx) as r:
                 return r.status, json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
             return e.code, {}
