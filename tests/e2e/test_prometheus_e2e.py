@@ -1,16 +1,19 @@
-"""The Prometheus metrics source against a real Prometheus (Debian package), discovering
-the strategy pods through kubernetes service discovery against the local apiserver."""
+"""The Prometheus metrics source against a real Prometheus (Debian package) scraping the
+strategy pods it discovers through the local apiserver."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from decimal import Decimal
 
 import pytest
 import yaml
+from kubernetes import client
 
 import plans  # noqa: E402  (tests/support)
 from operator_proc import free_port
@@ -22,33 +25,41 @@ pytestmark = pytest.mark.prometheus
 
 
 @pytest.fixture
-def prometheus(kubeconfig, namespace, tmp_path):
+def prometheus(k8s, namespace, tmp_path):
     exe = shutil.which("prometheus")
     if exe is None:
         pytest.fail("prometheus is not installed: `make test` installs it (hack/install-prometheus.sh)")
-    kc = yaml.safe_load(kubeconfig.read_text())
-    server = kc["clusters"][0]["cluster"]["server"]
-    token = kc["users"][0]["user"]["token"]
     port = free_port()
+    targets = tmp_path / "targets.json"
+    targets.write_text("[]")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
         "scrape_configs": [{
             "job_name": "phasegate-strategies",
-            "kubernetes_sd_configs": [{
-                "role": "pod",
-                "api_server": server,
-                "authorization": {"type": "Bearer", "credentials": token},
-                "tls_config": {"insecure_skip_verify": True},
-                "namespaces": {"names": [namespace]},
-            }],
-            "relabel_configs": [
-                {"source_labels": ["__meta_kubernetes_pod_label_phasegate_dev_strategy"], "regex": ".+", "action": "keep"},
-                {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "metrics", "action": "keep"},
-                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-            ],
+            # Debian's prometheus 2.42 is built without kubernetes_sd_configs, so the pods
+            # are discovered from the apiserver by `discover` below and handed over in a
+            # file_sd file, with the labels kubernetes_sd relabelling would give.
+            "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
         }],
     }
+    stop = threading.Event()
+    core = client.CoreV1Api(k8s)
+
+    def discover() -> None:
+        while not stop.is_set():
+            groups = []
+            for pod in core.list_namespaced_pod(namespace, label_selector="phasegate.dev/strategy").items:
+                ports = [p.container_port for c in pod.spec.containers for p in (c.ports or []) if p.name == "metrics"]
+                if pod.status.pod_ip and ports and pod.metadata.deletion_timestamp is None:
+                    groups.append({"targets": [f"{pod.status.pod_ip}:{ports[0]}"],
+                                   "labels": {"namespace": namespace, "pod": pod.metadata.name}})
+            tmp = targets.with_suffix(".tmp")
+            tmp.write_text(json.dumps(groups))
+            tmp.replace(targets)
+            stop.wait(0.5)
+
+    discoverer = threading.Thread(target=discover, daemon=True)
+    discoverer.start()
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(yaml.safe_dump(config))
     log = open(tmp_path / "prometheus.log", "wb")
@@ -69,6 +80,7 @@ def prometheus(kubeconfig, namespace, tmp_path):
         wait_for(ready, 30, "prometheus ready")
         yield address
     finally:
+        stop.set()
         proc.terminate()
         try:
             proc.wait(10)
@@ -92,6 +104,6 @@ def test_prometheus_source_gates_the_ladder_and_its_data_halts(k8s, kubeconfig, 
         assert [h["to"] for h in st["history"]] == ["paper", "shadow", "live-10"]
         control(ts, "promsourced", {"portfolio_value": "700000"})
         st = ts.wait("promsourced", lambda s: s.get("state") in ("Halted", "EmergencyStopped"), 30, "halted on Prometheus data")
-        assert Decimal(st["breakers"]["maxDrawdown"]["value"]) == Decimal("0.3")
+        assert {k: Decimal(b["value"]) for k, b in st["breakers"].items()} == {"maxDrawdown": Decimal("0.3"), "maxDailyLoss": Decimal("0.3")}, st["breakers"]
     finally:
         op.stop()

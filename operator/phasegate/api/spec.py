@@ -200,6 +200,7 @@ class Analysis(ApiModel):
 
     interval: Duration = Field("30s", description="How often metrics and gates are evaluated.")
     timeout: Duration = Field("5s", description="Timeout of one metrics read.")
+    rate_window: Duration = Field("60s", description="Window of the order-rate and error-rate limits.")
     source: MetricsSourceType = MetricsSourceType.SCRAPE
     prometheus: Optional[PrometheusSource] = None
     metrics_failure: MetricsFailurePolicy = Field(default_factory=MetricsFailurePolicy)

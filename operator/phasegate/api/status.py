@@ -115,6 +115,9 @@ class RiskState(ApiModel):
     # counters at the start of the phase, for gates over the phase window
     phase_counters: dict[str, DecimalString] = Field(default_factory=dict)
     critical_incidents: int = 0
+    # counters at the start of the current rate window (spec.analysis.rateWindow)
+    rate_since: Optional[UtcTime] = None
+    rate_counters: dict[str, DecimalString] = Field(default_factory=dict)
     # The phase window, kept as running totals rather than "now minus phase start":
     # a pod restart mid-phase resets its counters, and a single baseline cannot tell
     # how much was counted before the restart. window_totals holds each counter's

@@ -102,7 +102,7 @@ async def strategy_loop(body: kopf.Body, namespace: str, name: str, stopped: kop
                     await RECONCILER.reconcile(
                         current,
                         trigger="interval" if tick else "event",
-                        read_metrics=tick,
+                        read_metrics=tick and attempt == 0,  # a retry decides again, it does not read again
                         apply_children=apply,
                         replay_events=first,
                         extra_breaches=breaches,

@@ -14,6 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Mapping, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from phasegate.api.durations import parse_duration
 from phasegate.api.spec import ACTION_SEVERITY, Action, Limit, StrategySpec, TradingDay
 from phasegate.api.status import RiskState, Severity
 from phasegate.metrics.snapshot import (
@@ -340,12 +341,19 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
     last = prev.last_sample_at
     advancing = last is None or t > last
     counters, window_counters = prev_counters, _counters(prev.window_counters)
+    rate_since, rate_base = prev.rate_since, _counters(prev.rate_counters)
     window_totals = _counters(prev.window_totals)
     circuit: list[Breach] = []
     if advancing:
         inc, restarted, counters = advance_counters(prev_counters, snap_counters)
-        if last is not None:
-            interval = seconds(t - last)
+        # Rates over spec.analysis.rateWindow, not over one scrape interval: a limit in
+        # orders per minute read over 1s would trip on every burst and miss nothing more.
+        window = parse_duration(spec.analysis.rate_window)
+        if rate_since is None or rate_since > t:
+            rate_since, rate_base = t, dict(counters)
+        elif t - rate_since >= window:
+            r_inc, r_restarted, _ = advance_counters(rate_base, snap_counters)
+            interval = seconds(t - rate_since)
             for name, key, lim, noun in (
                 ("maxOrderRate", C_ORDERS_SUBMITTED, limits.max_order_rate, "order"),
                 ("maxErrorRate", C_ERRORS, limits.max_error_rate, "error"),
@@ -355,9 +363,9 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
                         unchecked.append(f"{name}: {noun} counter not exported")
                     continue
                 # A counter first seen now (no restart) has no known starting point.
-                if key not in prev_counters and not restarted:
+                if key not in rate_base and not r_restarted:
                     continue
-                rate = inc[key] * 60 / interval
+                rate = r_inc[key] * 60 / interval
                 readings[f"{noun}Rate"] = rate
                 if lim is not None and rate > lim.threshold:
                     breaches.append(
@@ -365,10 +373,11 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
                             name,
                             lim,
                             rate,
-                            f"{noun} rate {fmt(rate)} per minute ({fmt(inc[key])} {noun}s in {fmt(interval)}s"
-                            f"{', counters restarted' if restarted else ''}) exceeds limit {fmt(lim.threshold)} per minute",
+                            f"{noun} rate {fmt(rate)} per minute ({fmt(r_inc[key])} {noun}s in {fmt(interval)}s"
+                            f"{', counters restarted' if r_restarted else ''}) exceeds limit {fmt(lim.threshold)} per minute",
                         )
                     )
+            rate_since, rate_base = t, dict(counters)
         # A breaker type first seen now did trip: a labelled counter has no series until
         # its first increment. On the very first sample the process started at zero, so a
         # non-zero count is a trip we must not ignore.
@@ -408,6 +417,8 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
             "trading_day": trading_day,
             "last_value": value,
             "last_sample_at": t if advancing else last,
+            "rate_since": rate_since,
+            "rate_counters": rate_base,
             "counters": counters,
             "window_counters": window_counters,
             "window_totals": window_totals,

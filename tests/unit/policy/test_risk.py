@@ -26,7 +26,9 @@ T0 = datetime(2024, 3, 11, 15, 0, tzinfo=timezone.utc)  # a Monday, 11:00 in New
 
 
 def make_spec(**overrides: Any) -> StrategySpec:
-    body = {"capital": "1000000", "account": "acct", "maxFraction": 1, "template": {"image": "x"}}
+    # rateWindow 1s: these tests read rates over each step between samples
+    body = {"capital": "1000000", "account": "acct", "maxFraction": 1, "template": {"image": "x"},
+            "analysis": {"rateWindow": "1s"}}
     body.update(overrides)
     return StrategySpec.model_validate(body)
 
@@ -454,3 +456,14 @@ def test_day_open_resets_exactly_at_the_boundary(zone, hh, day):
     assert e2.state.day_open_value == D(1000)  # not yet
     e3 = evaluate_risk(spec, e2.state, snap(b, "800"), b)
     assert e3.state.day_open_value == D(800) and e3.state.trading_day == trading_day_of(b, spec.trading_day)
+
+
+def test_rates_are_read_over_the_rate_window_not_one_scrape():
+    spec = make_spec(analysis={"rateWindow": "60s"}, riskLimits={"maxDrawdown": {"threshold": 0.1}, "maxOrderRate": {"threshold": 120}})
+    # 3 orders a second: 180 a minute, above the 120 limit; a burst of 5 in one second alone is not
+    states = run(spec, [snap(T0 + timedelta(seconds=i), submitted=3 * i + (5 if i >= 10 else 0)) for i in range(0, 61)])
+    early = [e for e in states[:60] if any(b.name == "maxOrderRate" for b in e.breaches)]
+    assert not early, "a rate was read before the window was full"
+    last = states[60]
+    (b,) = [b for b in last.breaches if b.name == "maxOrderRate"]
+    assert b.value == D(185)  # (180 + 5) orders in 60 s
