@@ -19,7 +19,7 @@ import plans  # noqa: E402  (tests/support)
 from operator_proc import free_port
 
 from .strategy_env import Strategies, install_crd, start_operator, wait_for
-from .test_risk_e2e import control
+from .test_risk_e2e import control, pod_of_phase
 
 pytestmark = pytest.mark.prometheus
 
@@ -102,6 +102,8 @@ def test_prometheus_source_gates_the_ladder_and_its_data_halts(k8s, kubeconfig, 
         # the gates of paper and shadow pass on data that came through Prometheus
         st = ts.wait("promsourced", lambda s: s.get("phase") == "live-10", 150, "live-10 on Prometheus data")
         assert [h["to"] for h in st["history"]] == ["paper", "shadow", "live-10"]
+        pod_of_phase(ts, "promsourced", "live-10")
+        time.sleep(4)  # a few scrapes of the live-10 pod into Prometheus
         control(ts, "promsourced", {"portfolio_value": "700000"})
         st = ts.wait("promsourced", lambda s: s.get("state") in ("Halted", "EmergencyStopped"), 30, "halted on Prometheus data")
         assert {k: Decimal(b["value"]) for k, b in st["breakers"].items()} == {"maxDrawdown": Decimal("0.3"), "maxDailyLoss": Decimal("0.3")}, st["breakers"]
