@@ -18,30 +18,32 @@ from .durations import DURATION_HINT, DURATION_PATTERN, parse_duration
 MONEY_PATTERN = r"^[0-9]+(\.[0-9]+)?$"
 
 
-def _to_decimal(value: Any) -> Decimal:
+def to_decimal(value: Any, *, what: str = "value") -> Decimal:
+    """A finite Decimal from a Decimal, int, str or float; floats via their shortest repr,
+    so that 0.1 stays 0.1 rather than its binary approximation. The one parser of numbers
+    for the operator, the metrics sources and the strategy SDK."""
     if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
+        raise ValueError(f"{what}: expected a number, got a boolean")
     if isinstance(value, float):
-        # Via str so that 0.1 stays 0.1 rather than its binary approximation.
         value = repr(value)
     try:
-        out = Decimal(str(value).strip())
+        out = value if isinstance(value, Decimal) else Decimal(str(value).strip())
     except (InvalidOperation, ValueError) as exc:
-        raise ValueError(f"{value!r} is not a decimal number") from exc
+        raise ValueError(f"{what}: {value!r} is not a decimal number") from exc
     if not out.is_finite():
-        raise ValueError(f"{value!r} is not a finite number")
+        raise ValueError(f"{what}: {value!r} is not a finite number")
     return out
 
 
 def _money(value: Any) -> Decimal:
-    out = _to_decimal(value)
+    out = to_decimal(value)
     if out < 0:
         raise ValueError(f"{value!r} is negative: an amount of money here must be >= 0")
     return out
 
 
 def _fraction(value: Any) -> Decimal:
-    out = _to_decimal(value)
+    out = to_decimal(value)
     if not (Decimal(0) <= out <= Decimal(1)):
         raise ValueError(f"{value} is outside [0, 1]: write a fraction such as 0.10 for 10%")
     return out
@@ -82,7 +84,7 @@ Fraction = Annotated[
 
 Ratio = Annotated[
     Decimal,
-    BeforeValidator(_to_decimal),
+    BeforeValidator(to_decimal),
     PlainSerializer(lambda d: float(d), return_type=float),
     WithJsonSchema({"type": "number", "minimum": 0}),
 ]
@@ -90,7 +92,7 @@ Ratio = Annotated[
 
 DecimalString = Annotated[
     Decimal,
-    BeforeValidator(_to_decimal),
+    BeforeValidator(to_decimal),
     PlainSerializer(lambda d: str(d), return_type=str),
     WithJsonSchema({"type": "string"}),
 ]

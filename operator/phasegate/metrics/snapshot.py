@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Mapping, Optional
+
+from phasegate.api.types import to_decimal
 
 # Keys under which counters travel into RiskState (status), short so status stays readable.
 C_ORDERS_SUBMITTED = "orders_submitted"
@@ -31,22 +33,6 @@ class MetricsUnavailable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def to_decimal(value: Any, *, what: str = "value") -> Decimal:
-    """A finite Decimal from a Decimal, int, str or float (floats via their shortest repr)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what}: expected a number, got a boolean")
-    if isinstance(value, float):
-        # repr gives the shortest string that round-trips, so 0.1 stays 0.1.
-        value = repr(value)
-    try:
-        out = value if isinstance(value, Decimal) else Decimal(str(value).strip())
-    except (InvalidOperation, ValueError) as exc:
-        raise ValueError(f"{what}: {value!r} is not a number") from exc
-    if not out.is_finite():
-        raise ValueError(f"{what}: {value!r} is not a finite number")
-    return out
 
 
 @dataclass(frozen=True)

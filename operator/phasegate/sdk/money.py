@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
+
+from phasegate.api.types import to_decimal
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -13,17 +15,7 @@ SHARE = Decimal(1)
 
 def D(value: Any) -> Decimal:
     """A finite Decimal from a str, int or Decimal; floats via repr so 0.1 stays 0.1."""
-    if isinstance(value, bool):
-        raise TypeError("a boolean is not an amount")
-    if isinstance(value, float):
-        value = repr(value)
-    try:
-        out = value if isinstance(value, Decimal) else Decimal(str(value).strip())
-    except (InvalidOperation, ValueError) as exc:
-        raise ValueError(f"{value!r} is not a decimal number") from exc
-    if not out.is_finite():
-        raise ValueError(f"{value!r} is not a finite number")
-    return out
+    return to_decimal(value, what="amount")
 
 
 def whole_shares(quantity: Decimal) -> Decimal:
