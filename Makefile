@@ -22,7 +22,7 @@ help: ## Show the targets.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@echo "[setup] installing phasegate and its test dependencies into $(VENV)"
+	@echo "[setup] installing phasegate and its test dependencies into $(VENV)" >&2
 	@$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 

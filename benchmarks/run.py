@@ -107,6 +107,25 @@ async def halt_latency(kubeconfig: Path, op_ns: str, floor_ns: str, op_names: li
     return {"operator": summary("operator", op_lat), "floor": summary("floor", floor_lat)}
 
 
+def reconcile_means(text: str) -> dict[str, float]:
+    """Mean reconcile time by trigger, from the operator's own histogram: how much of the
+    halt latency is ours (decide, write, apply) and how much is the watch path to us."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != "phasegate_reconcile_duration_seconds":
+            continue
+        for sample in fam.samples:
+            trig = sample.labels.get("trigger", "")
+            if sample.name.endswith("_sum"):
+                sums[trig] = sample.value
+            elif sample.name.endswith("_count"):
+                counts[trig] = sample.value
+    return {t: round(1000 * sums[t] / counts[t], 1) for t in sums if counts.get(t)}
+
+
 def breach_to_halt(api: client.ApiClient, kubeconfig: Path, ns: str, n: int) -> dict[str, Any]:
     """A real strategy process reports a crash in portfolio value; the operator's 1s scrape
     finds the drawdown breach and halts it. Detection plus actuation."""
@@ -170,6 +189,7 @@ def main() -> int:
         floor_names = setup_floor_namespace(api, floor_ns, STRATEGIES)
         log(f"measuring {HALTS} halts on each path")
         results = asyncio.run(halt_latency(kubeconfig, op_ns, floor_ns, op_names, floor_names))
+        results["operator_reconcile"] = reconcile_means(op.metrics_text())
         op2 = OperatorProcess(kubeconfig, out_dir / f"operator-breach-{tag}.log", namespace=breach_ns).start()
         ops.append(op2)
         log(f"measuring breach-to-halt over {BREACHES} real strategy processes")
@@ -194,6 +214,7 @@ def main() -> int:
         print(f"{row['path']:40} {row['n']:>4} {row['p50_ms']:>9} {row['p99_ms']:>9} {row['max_ms']:>9}")
     print(f"\nhalt latency, operator / floor: p50 x{results['ratio_p50']}, p99 x{results['ratio_p99']}"
           f"  (goal: ratio <= 2, operator p99 < 500 ms; {STRATEGIES} strategies under management)")
+    print(f"operator's mean reconcile time by trigger (ms): {results['operator_reconcile']}")
     print(f"results: {out_dir / 'results.json'}")
     return 0
 

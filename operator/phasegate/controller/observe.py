@@ -84,7 +84,9 @@ async def read_metrics(
     )
     if not ready:
         started = status.phase_started_at or now
-        if now - started < startup_grace(spec):
+        last_ok = status.metrics.last_success_at
+        seen_this_phase = last_ok is not None and last_ok >= started
+        if not seen_this_phase and now - started < startup_grace(spec):
             return {}  # the pod of this phase is still starting: not a failure, and not a pass
         return {"metrics_error": f"strategy pod {pod_name} is not running and ready"}
     target = ScrapeTarget(
