@@ -129,8 +129,6 @@ def reconcile_means(text: str) -> dict[str, float]:
 def breach_to_halt(api: client.ApiClient, kubeconfig: Path, ns: str, n: int) -> dict[str, Any]:
     """A real strategy process reports a crash in portfolio value; the operator's 1s scrape
     finds the drawdown breach and halts it. Detection plus actuation."""
-    from benchmarks.halt_latency import ZeroWatcher  # noqa: F401  (same measurement idea, sync here)
-
     custom, core, apps = client.CustomObjectsApi(api), client.CoreV1Api(api), client.AppsV1Api(api)
     phases = [{"name": "paper", "mode": "paper", "minDuration": "1h"}, {"name": "live-100", "mode": "live", "fraction": 1.0}]
     names = [f"b{i:02d}" for i in range(n)]

@@ -9,7 +9,6 @@ down: stops the operator and the control plane the demo started.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

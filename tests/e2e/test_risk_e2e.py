@@ -167,7 +167,6 @@ def test_critical_emergency_runs_the_flatten_job_and_locks_down(op, ts, kubeconf
     assert [s["name"] for s in st["emergency"]["steps"]] == ["stop_orders", "cancel_orders", "flatten", "lockdown"]
     assert steps["stop_orders"]["outcome"] == "Succeeded" and steps["flatten"]["outcome"] == "Succeeded"
     assert steps["flatten"]["durationSeconds"] >= 0
-    jobs = ts.core.api_client.call_api  # noqa: F841  (jobs checked below through the batch API)
     from kubernetes import client
 
     flatten = [j for j in client.BatchV1Api(ts.core.api_client).list_namespaced_job(namespace).items if "-flatten-" in j.metadata.name]

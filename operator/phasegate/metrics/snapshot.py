@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 from phasegate.api.types import to_decimal
 

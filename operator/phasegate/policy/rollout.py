@@ -28,7 +28,6 @@ from phasegate.api import (
     BreakerState,
     BreakerStatus,
     ConditionType,
-    GateResult,
     HistoryEntry,
     Mode,
     Severity,
@@ -180,9 +179,10 @@ def decide(
     if not status.phase:
         w.enter_phase(0, "start", "strategy created: starting the ladder at its first phase")
     elif _phase_index(spec, status) is None:
-        if w.state is not State.FAILED:
+        # A halt stays a halt whatever happens to the spec (safety rule 3).
+        if w.state is not State.FAILED and w.state not in ABSORBING_STATES:
             w.set_state(State.FAILED, "fail", f"phase {status.phase!r} is no longer in spec.phases: restore it or reset the strategy")
-        return _finish(w, status, obs)
+        return _finish(w)
     else:
         w.fields["phase_index"] = _phase_index(spec, status)
 
@@ -207,7 +207,7 @@ def decide(
         from .emergency import progress
 
         progress(w, obs.emergency)
-    return _finish(w, status, obs)
+    return _finish(w)
 
 
 def _answer_request(w: _Work, status: StrategyStatus, obs: Observation) -> None:
@@ -523,7 +523,7 @@ def _camel_reason(name: str) -> str:
     return name[:1].upper() + name[1:]
 
 
-def _finish(w: _Work, status: StrategyStatus, obs: Observation) -> Decision:
+def _finish(w: _Work) -> Decision:
     f = w.fields
     now, gen = w.now, w.generation
     tripped = _tripped(f)
