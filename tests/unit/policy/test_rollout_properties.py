@@ -27,7 +27,18 @@ event = st.one_of(
     st.tuples(st.just("request"), st.sampled_from(list(Verb)), st.none()),
     st.tuples(st.just("condition"), st.sampled_from(["CircuitBreakerTripped", "RiskLimitBreached"]), st.none()),
     st.tuples(st.just("ceiling"), st.sampled_from(CEILINGS), st.none()),
+    st.tuples(st.just("ladder"), st.sampled_from(["full", "no-shadow", "renamed"]), st.none()),
 )
+
+LADDERS = {
+    "full": None,
+    "no-shadow": [p for p in spec().wire()["phases"] if p["name"] != "shadow"],
+    "renamed": [dict(p, name=p["name"] + "-v2") for p in spec().wire()["phases"]],
+}
+
+
+def ladder_spec(ceiling: str, ladder: str):
+    return spec(max_fraction=ceiling) if LADDERS[ladder] is None else spec(max_fraction=ceiling, phases=LADDERS[ladder])
 
 
 def _tripped(status: StrategyStatus) -> bool:
@@ -49,6 +60,14 @@ def _observation(kind: str, market: Market, status: StrategyStatus, now):
 
 
 def _check_step(s, old: StrategyStatus, obs: Observation, new: StrategyStatus, decision, now) -> None:
+    names = [p.name for p in s.phases]
+    if old.state in ABSORBING_STATES and not (obs.request is not None and obs.request.verb is Verb.RESET):
+        assert new.state in ABSORBING_STATES, "a halted strategy left its halt without a reset"
+    if new.phase not in names or old.phase not in names:
+        # the ladder was edited under the strategy: nothing may run or rise until it is whole again
+        assert new.state in ABSORBING_STATES or new.state is State.FAILED or new.phase in names
+        assert not should_run(s, new) or new.phase in names
+        return
     phase = s.phases[new.phase_index]
     # Rule 2: never above the phase's fraction nor the ceiling.
     assert new.capital_fraction <= phase.fraction
@@ -87,9 +106,11 @@ def _check_step(s, old: StrategyStatus, obs: Observation, new: StrategyStatus, d
 @given(st.lists(event, min_size=1, max_size=60), st.sampled_from(CEILINGS))
 def test_safety_rules_hold_for_any_sequence(events, ceiling):
     s = spec(max_fraction=ceiling)
+    ladder = "full"
     market = Market()
     status = decide(s, StrategyStatus(), Observation(), T0, 1).status
     now = T0
+    generation = 1
     for kind, a, b in events:
         if kind == "tick":
             now += timedelta(seconds=a)
@@ -100,13 +121,20 @@ def test_safety_rules_hold_for_any_sequence(events, ceiling):
             cond = Condition(type=a, status="True", reason="SetByHand", message="", last_transition_time=now)
             status = status.model_copy(update={"conditions": [c for c in status.conditions if c.type != a] + [cond]})
             obs = Observation()
-        else:
-            s = spec(max_fraction=a)
+        elif kind == "ceiling":
+            ceiling = a
+            s = ladder_spec(ceiling, ladder)
+            generation += 1
             obs = Observation()
-        d = decide(s, status, obs, now, 1)
+        else:
+            ladder = a
+            s = ladder_spec(ceiling, ladder)
+            generation += 1
+            obs = Observation()
+        d = decide(s, status, obs, now, generation)
         _check_step(s, status, obs, d.status, d, now)
         # Rule 5: deciding again on the result with the same inputs changes nothing.
-        again = decide(s, d.status, obs, now, 1)
+        again = decide(s, d.status, obs, now, generation)
         assert not again.history, f"a replay added {[h.action for h in again.history]}"
         assert again.status == d.status
         status = d.status
