@@ -24,6 +24,8 @@ from phasegate.metrics import (
 )
 from phasegate.metrics.prometheus import parse_query_response
 
+from loopback import loopback_server  # tests/support
+
 NOW = datetime(2024, 3, 11, 14, 30, tzinfo=timezone.utc)
 TARGET = ScrapeTarget(
     namespace="trading", strategy="momentum", pod="momentum-0", pod_ip="10.0.0.7", port=9100,
@@ -78,17 +80,8 @@ async def stub(answers: dict, *, status: int = 200, delay: float = 0.0):
             body, code = body
         return web.json_response(body, status=code)
 
-    app = web.Application()
-    app.router.add_get("/api/v1/query", query)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
+    async with loopback_server("/api/v1/query", query) as port:
         yield f"http://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
 
 
 def read(answers, overrides=None, **kw):

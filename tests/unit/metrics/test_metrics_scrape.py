@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -21,22 +20,13 @@ from phasegate.metrics import (
     make_source,
 )
 
+from loopback import loopback_server  # tests/support
+
 NOW = datetime(2024, 3, 11, 14, 30, tzinfo=timezone.utc)
 
 
-@asynccontextmanager
-async def serving(handler):
-    app = web.Application()
-    app.router.add_get("/metrics", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        yield port
-    finally:
-        await runner.cleanup()
+def serving(handler):
+    return loopback_server("/metrics", handler)
 
 
 def target(port: int, timeout: float = 2.0) -> ScrapeTarget:
