@@ -14,7 +14,7 @@ import plans  # noqa: E402  (tests/support)
 from .strategy_env import Strategies, history_actions, install_crd, start_operator, wait_for
 
 EXPECTED = [("start", "paper"), ("advance", "shadow"), ("advance", "live-10"), ("advance", "live-50"), ("complete", "live-100")]
-PHASES = [dict(p, minDuration="5s") if p.get("minDuration") not in (None, "0s") else dict(p) for p in plans.COMPRESSED_PHASES]
+PHASES = [dict(p, minDuration="6s") if p.get("minDuration") not in (None, "0s") else dict(p) for p in plans.COMPRESSED_PHASES]
 
 
 @pytest.mark.timeout(300)
@@ -35,7 +35,7 @@ def test_sigkill_at_random_points_never_duplicates_or_loses_a_transition(k8s, ku
             time.sleep(3)  # let the final run replay any Event a kill lost
             op.stop()
             break
-        time.sleep(rng.uniform(0.2, 1.5))
+        time.sleep(rng.uniform(0.2, 1.2))
         op.kill()  # SIGKILL: no cleanup, no chance to finish a write
         kills += 1
     else:
