@@ -152,6 +152,8 @@ def test_metrics_that_go_away_pause_then_halt_and_never_pass_a_gate(op, ts):
     assert st["phase"] == "paper", "a gate passed while metrics were unavailable"
     # the status says this was an error, not a breach of a limit
     assert list(tripped(st)) == ["metricsUnavailable"]
+    assert condition(st, "RiskLimitBreached")["status"] == "False"
+    assert st["history"][-1]["cause"] == "MetricsError"
     assert "consecutive failed metrics reads" in tripped(st)["metricsUnavailable"]["reason"]
 
 

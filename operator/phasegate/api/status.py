@@ -89,6 +89,9 @@ class HistoryEntry(ApiModel):
     fraction: Optional[DecimalString] = None
     reason: str
     by: str = Field(..., description="operator, or the user who ran the command")
+    cause: Optional[str] = Field(
+        None, description="What made the operator act: RiskLimitBreached, CircuitBreakerTripped, MetricsError, Manual"
+    )
 
 
 class RequestRecord(ApiModel):

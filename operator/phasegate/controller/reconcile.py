@@ -158,7 +158,7 @@ class Reconciler:
             name=owner.name,
             uid=owner.uid,
             event_name=f"{owner.name}.{owner.uid[:8]}.{entry.seq:06d}",
-            reason=entry.action.capitalize(),
+            reason=entry.action.capitalize() + (entry.cause or ""),
             note=f"{entry.from_} -> {entry.to}: {entry.reason} (by {entry.by})",
             action=entry.action,
             event_type="Warning" if warning else "Normal",

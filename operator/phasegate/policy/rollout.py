@@ -104,7 +104,9 @@ class _Work:
     def phase(self):
         return self.spec.phases[self.index]
 
-    def record(self, action: str, reason: str, by: str = OPERATOR, to: Optional[str] = None, frm: Optional[str] = None) -> None:
+    def record(
+        self, action: str, reason: str, by: str = OPERATOR, to: Optional[str] = None, frm: Optional[str] = None, cause: Optional[str] = None
+    ) -> None:
         seq = self.fields["history_seq"] + 1
         entry = HistoryEntry(
             seq=seq,
@@ -115,13 +117,14 @@ class _Work:
             fraction=self.fields["capital_fraction"],
             reason=reason,
             by=by,
+            cause=cause,
         )
         self.fields["history_seq"] = seq
         self.fields["history"] = (list(self.fields["history"]) + [entry])[-self.spec.history_limit :]
         self.added.append(entry)
         self.outcome, self.reason = action, reason
 
-    def enter_phase(self, index: int, action: str, reason: str, by: str = OPERATOR, snapshot: Any = None) -> None:
+    def enter_phase(self, index: int, action: str, reason: str, by: str = OPERATOR, snapshot: Any = None, cause: Optional[str] = None) -> None:
         from .gates import start_phase_window
 
         frm = self.fields["phase"]
@@ -145,16 +148,16 @@ class _Work:
             self.fields["state"] = State.COMPLETED
         else:
             self.fields["state"] = State.PROGRESSING
-        self.record(action, reason, by=by, to=phase.name, frm=frm)
+        self.record(action, reason, by=by, to=phase.name, frm=frm, cause=cause)
 
     def rearm_risk(self) -> None:
         """A new capital base is a new book: drawdown and daily loss start from its first read."""
         self.fields["risk"] = self.fields["risk"].model_copy(update={"high_water_mark": None, "day_open_value": None})
 
-    def set_state(self, state: State, action: str, reason: str, by: str = OPERATOR) -> None:
+    def set_state(self, state: State, action: str, reason: str, by: str = OPERATOR, cause: Optional[str] = None) -> None:
         self.fields["state"] = state
         self.fields["message"] = reason
-        self.record(action, reason, by=by)
+        self.record(action, reason, by=by, cause=cause)
 
 
 def _tripped(fields: dict[str, Any]) -> dict[str, BreakerStatus]:
@@ -372,16 +375,29 @@ def _latch_external_conditions(w: _Work) -> None:
     """A breaker condition set by someone else (a person, an alert) is a trip like any other."""
     tripped = _tripped(w.fields)
     conditions = {c.type: c for c in w.fields["conditions"]}
-    for ctype, kind in (
-        (ConditionType.CIRCUIT_BREAKER_TRIPPED, ("circuit", "external", "manual")),
-        (ConditionType.RISK_LIMIT_BREACHED, ("risk", "metrics", "external")),
+    # (condition, breaker kinds that already explain it, kind of the breaker it latches)
+    for ctype, explained_by, kind in (
+        (ConditionType.CIRCUIT_BREAKER_TRIPPED, ("circuit", "external", "manual"), "external"),
+        (ConditionType.RISK_LIMIT_BREACHED, ("risk",), "risk"),
     ):
         cond = conditions.get(ctype.value)
         if cond is None or cond.status != "True":
             continue
-        if any(b.kind in kind for b in tripped.values()):
+        if any(b.kind in explained_by for b in tripped.values()):
             continue
-        _trip_one(w, f"external{ctype.value}", "external", Action.HALT, f"{ctype.value}: {cond.reason}: {cond.message}".rstrip(": "))
+        _trip_one(w, f"external{ctype.value}", kind, Action.HALT, f"{ctype.value}: {cond.reason}: {cond.message}".rstrip(": "))
+
+
+# What made the operator act, as Events and history tell it: a metrics error is never
+# shown as a risk breach (users of other tools complain that the two look the same).
+CAUSE_OF_KIND = {
+    "metrics": "MetricsError",
+    "risk": "RiskLimitBreached",
+    "circuit": "CircuitBreakerTripped",
+    "external": "CircuitBreakerTripped",
+    "alert": "CircuitBreakerTripped",
+    "manual": "Manual",
+}
 
 
 def _act_on_breakers(w: _Work) -> None:
@@ -389,30 +405,31 @@ def _act_on_breakers(w: _Work) -> None:
     if not tripped:
         return
     worst_name, worst = max(tripped.items(), key=lambda kv: (ACTION_SEVERITY[kv[1].action], kv[0]))
+    cause = CAUSE_OF_KIND.get(worst.kind)
     if worst.action is Action.HALT:
-        w.set_state(State.HALTED, "halt", f"{worst_name}: {worst.reason}")
+        w.set_state(State.HALTED, "halt", f"{worst_name}: {worst.reason}", cause=cause)
         return
     # Only a trip of this decision reduces: a latched breaker seen again must not step down twice.
     reducing = sorted(n for n in w.new_trips if tripped.get(n) is not None and tripped[n].action is Action.REDUCE)
     if reducing:
-        _reduce(w, f"{reducing[0]}: {tripped[reducing[0]].reason}")
+        _reduce(w, f"{reducing[0]}: {tripped[reducing[0]].reason}", CAUSE_OF_KIND.get(tripped[reducing[0]].kind))
     elif w.state in (State.PROGRESSING, State.COMPLETED, State.VALIDATING):
-        w.set_state(State.PAUSED, "pause", f"{worst_name}: {worst.reason}")
+        w.set_state(State.PAUSED, "pause", f"{worst_name}: {worst.reason}", cause=cause)
 
 
-def _reduce(w: _Work, reason: str) -> None:
+def _reduce(w: _Work, reason: str, cause: Optional[str]) -> None:
     """Step back one live rung, or cut the fraction by 20% where there is no lower live rung."""
     idx = w.index
     if w.phase.mode is Mode.LIVE and idx > 0 and w.spec.phases[idx - 1].mode is Mode.LIVE:
-        w.enter_phase(idx - 1, "reduce", reason)
+        w.enter_phase(idx - 1, "reduce", reason, cause=cause)
     elif w.fields["capital_fraction"] > 0:
         w.fields["capital_fraction"] = (w.fields["capital_fraction"] * REDUCE_CUT).quantize(Decimal("0.0001"))
         w.fields["capital"] = w.spec.capital * w.fields["capital_fraction"]
         w.fields["phase_started_at"] = w.now
         w.rearm_risk()
-        w.record("reduce", f"{reason}; fraction cut by 20%")
+        w.record("reduce", f"{reason}; fraction cut by 20%", cause=cause)
     else:
-        w.set_state(State.PAUSED, "pause", f"{reason}; no capital at risk to reduce, pausing")
+        w.set_state(State.PAUSED, "pause", f"{reason}; no capital at risk to reduce, pausing", cause=cause)
         return
     w.fields["state"] = State.PAUSED
     w.fields["message"] = reason
@@ -528,7 +545,8 @@ def _finish(w: _Work) -> Decision:
     now, gen = w.now, w.generation
     tripped = _tripped(f)
     conds = list(f["conditions"])
-    risk = {n: b for n, b in tripped.items() if b.kind in ("risk", "metrics")}
+    # A metrics error is neither a risk breach nor a breaker trip: MetricsAvailable says it.
+    risk = {n: b for n, b in tripped.items() if b.kind == "risk"}
     circuit = {n: b for n, b in tripped.items() if b.kind not in ("risk", "metrics")}
     conds = set_condition(
         conds, ConditionType.RISK_LIMIT_BREACHED, bool(risk),

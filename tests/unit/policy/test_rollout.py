@@ -261,3 +261,31 @@ def test_editing_the_ladder_under_a_halted_strategy_never_resumes_it():
     assert st.state is State.HALTED
     d = decide(s, st, Observation(), T0 + timedelta(seconds=10), generation=3)
     assert d.status.state is State.HALTED
+
+
+def test_a_metrics_error_is_told_apart_from_a_breach():
+    s = spec()
+    st = start(s)
+    now = T0
+    decisions = []
+    for _ in range(6):
+        now += timedelta(seconds=5)
+        d, st = step(s, st, Observation(metrics_error="connection refused"), now)
+        decisions.append(d)
+    assert st.state is State.HALTED
+    assert not st.is_true("RiskLimitBreached") and not st.is_true("CircuitBreakerTripped")
+    assert st.condition("MetricsAvailable").status == "False"
+    causes = [h.cause for d in decisions for h in d.history]
+    assert causes == ["MetricsError", "MetricsError"]  # the pause, then the halt
+
+
+def test_an_externally_set_risk_condition_halts_and_stays_a_risk_condition():
+    from phasegate.api import Condition
+
+    s = spec()
+    st = start(s)
+    cond = Condition(type="RiskLimitBreached", status="True", reason="DeskLimit", message="", last_transition_time=T0)
+    st = st.model_copy(update={"conditions": [c for c in st.conditions if c.type != cond.type] + [cond]})
+    d, st = step(s, st, Observation(), T0)
+    assert st.state is State.HALTED and d.history[-1].cause == "RiskLimitBreached"
+    assert st.is_true("RiskLimitBreached") and not st.is_true("CircuitBreakerTripped")
