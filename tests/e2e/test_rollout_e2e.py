@@ -114,7 +114,7 @@ def test_breaker_condition_halts_and_the_halt_survives_restart_reapply_and_scali
     st = ts.wait("halter", lambda s: s.get("state") == "Halted", 15, "Halted")
     wait_for(lambda: ts.replicas("halter") == 0, 10, "StatefulSet scaled to 0")
     assert st["history"][-1]["action"] == "halt"
-    wait_for(lambda: any(e["reason"] == "Halt" and e["type"] == "Warning" for e in ts.events_for("halter")), 15, "a Halt Event")
+    wait_for(lambda: any(e["reason"] == "HaltCircuitBreakerTripped" and e["type"] == "Warning" for e in ts.events_for("halter")), 15, "a Halt Event")
     seq = st["historySeq"]
 
     # an operator restart does not resume it
