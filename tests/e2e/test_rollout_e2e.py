@@ -186,3 +186,21 @@ def test_bad_manifests_are_rejected_naming_the_field_and_a_running_strategy_is_u
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     assert after["spec"] == before["spec"]
     assert after["status"]["state"] in ("Progressing", "Completed")
+
+
+@pytest.mark.timeout(120)
+def test_a_template_change_rolls_the_pod_without_a_transition(op, ts, namespace):
+    ts.create(plans.strategy("retemplated", phases=[{"name": "paper", "mode": "paper", "minDuration": "1h"},
+                                                    {"name": "live-100", "mode": "live", "fraction": 1.0}]))
+    ts.wait("retemplated", lambda s: any(c["type"] == "MetricsAvailable" and c["status"] == "True" for c in s.get("conditions", [])), 60, "running")
+    time.sleep(3)  # the pod is settled: no StatefulSet event will re-apply it by chance
+    seq = ts.status("retemplated")["historySeq"]
+    ts.patch_spec("retemplated", {"template": {"env": [{"name": "FAKE_TICK_SECONDS", "value": "2"}]}})
+
+    def rolled():
+        sts = ts.apps.read_namespaced_stateful_set("retemplated", namespace)
+        env = {e.name: e.value for e in sts.spec.template.spec.containers[0].env}
+        return env.get("FAKE_TICK_SECONDS") == "2"
+
+    wait_for(rolled, 20, "the StatefulSet carrying the new env")
+    assert ts.status("retemplated")["historySeq"] == seq

@@ -118,7 +118,8 @@ class Reconciler:
         if replay_events:
             entries = list(new.history[-REPLAY_EVENTS:])
         work = [self._event(owner, e) for e in entries]
-        if apply_children or decision.changed:
+        spec_changed = status.observed_generation != meta.get("generation")  # a new image, env, ...
+        if apply_children or decision.changed or spec_changed:
             work.append(self._apply(owner, spec, new, fast_stop=bool(decision.history) and not should_run(spec, new)))
         if new.state is State.VALIDATING and obs.backtest is None and _in_backtest(spec, new):
             work.append(self.kube.create_job(backtest_job(spec, new, owner)))
