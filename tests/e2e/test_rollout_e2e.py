@@ -71,6 +71,15 @@ def test_whole_ladder_climbs_in_order_with_the_right_pod_environment(op, ts, clu
     ]
     assert starts[-1]["env"]["PHASEGATE_CAPITAL"] == "1000000"
     assert ts.replicas("climber") == 1
+    # the operator's own metrics tell the same story
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(op.metrics_text()) for s in f.samples}
+    labels = (("namespace", namespace), ("strategy", "climber"))
+    assert samples[("phasegate_strategy_capital_fraction", labels)] == 1.0
+    assert samples[("phasegate_transitions_total", tuple(sorted(labels + (("action", "advance"),))))] == 3.0
+    assert any(name == "phasegate_reconcile_duration_seconds_count" for name, _ in samples)
 
 
 @pytest.mark.timeout(180)
