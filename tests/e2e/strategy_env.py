@@ -22,26 +22,17 @@ G, V, P = "phasegate.dev", "v1alpha1", "tradingstrategies"
 
 
 def install_crd(k8s) -> None:
-    import yaml
+    """The CRD installed the way `phasegate install-crds` does it (create or replace, then
+    Established). `k8s` is asked for so that the session's cluster, and KUBECONFIG, exist."""
+    import os
 
-    ext = client.ApiextensionsV1Api(k8s)
-    body = yaml.safe_load(CRD.read_text())
-    try:
-        current = ext.read_custom_resource_definition(body["metadata"]["name"])
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
-    except ApiException as e:
-        if e.status != 404:
-            raise
-        ext.create_custom_resource_definition(body)
-    wait_for(
-        lambda: any(
-            c.type == "Established" and c.status == "True"
-            for c in (ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or [])
-        ),
-        30,
-        "CRD established",
-    )
+    from phasegate.cli import crds
+    from phasegate.cli.kube import connect
+
+    body, _ = crds.load_crd(str(CRD))
+    api = connect(kubeconfig=os.environ["KUBECONFIG"])
+    crds.apply_crd(api, body)
+    crds.wait_established(api, body["metadata"]["name"], 30)
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
