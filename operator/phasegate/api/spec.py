@@ -381,6 +381,9 @@ class StrategySpec(ApiModel):
     def evaluation_interval(self) -> timedelta:
         return parse_duration(self.analysis.interval)
 
+    def phase_named(self, name: str) -> Optional[Phase]:
+        return next((p for p in self.phases if p.name == name), None)
+
     def capital_for(self, phase: Phase) -> Decimal:
         """Capital the strategy may use in a phase: paper capital until live, then base x fraction."""
         if phase.mode == Mode.LIVE:

@@ -31,7 +31,6 @@ class Loop:
 
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     force_apply: bool = True  # the first pass after (re)start re-applies children
-    breaches: list = field(default_factory=list)  # from the Alertmanager receiver
 
 
 LOOPS: dict[tuple[str, str], Loop] = {}
@@ -48,11 +47,13 @@ def wake(namespace: str, name: str, *, force_apply: bool = False) -> None:
     loop.wake.set()
 
 
-def _interval(body: Any) -> float:
+def _interval(spec: Optional[StrategySpec], body: Any) -> float:
+    """The spec's evaluation interval; read from the body only when no reconcile got as far."""
     try:
-        return max(0.2, StrategySpec.model_validate(body.get("spec") or {}).evaluation_interval.total_seconds())
+        spec = spec or StrategySpec.model_validate(body.get("spec") or {})
     except Exception:  # an unreadable spec is reported by reconcile; retry at a calm pace
         return 30.0
+    return max(0.2, spec.evaluation_interval.total_seconds())
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -95,17 +96,16 @@ async def strategy_loop(body: kopf.Body, namespace: str, name: str, stopped: kop
                 break
             tick = aio.time() >= next_tick
             apply, me.force_apply = me.force_apply, False
-            breaches, me.breaches = tuple(me.breaches), []
             current: Optional[dict[str, Any]] = _plain(body)
+            spec: Optional[StrategySpec] = None
             for attempt in range(5):
                 try:
-                    await RECONCILER.reconcile(
+                    spec = await RECONCILER.reconcile(
                         current,
                         trigger="interval" if tick else "event",
                         read_metrics=tick and attempt == 0,  # a retry decides again, it does not read again
                         apply_children=apply,
                         replay_events=first,
-                        extra_breaches=breaches,
                     )
                     first = False
                     break
@@ -122,11 +122,10 @@ async def strategy_loop(body: kopf.Body, namespace: str, name: str, stopped: kop
                     telemetry.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
                     log.exception("reconcile failed", error=str(exc))
                     me.force_apply = me.force_apply or apply
-                    me.breaches.extend(breaches)
                     await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
                     break
             if tick:
-                next_tick = aio.time() + _interval(body)
+                next_tick = aio.time() + _interval(spec, body)
     finally:
         LOOPS.pop((namespace, name), None)
         log.info("stopped watching strategy")

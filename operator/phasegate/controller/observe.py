@@ -139,14 +139,13 @@ async def observe(
     now: datetime,
     *,
     read_metrics_now: bool,
-    extra_breaches: tuple = (),
 ) -> Observation:
     found: dict[str, Any] = read_request(annotations)
     if status.emergency is not None and not status.emergency.finished:
         found["emergency"] = await read_emergency(kube, owner, status)
-    phase = next((p for p in spec.phases if p.name == status.phase), None)
+    phase = spec.phase_named(status.phase)
     if phase is not None and phase.mode is Mode.BACKTEST:
         found["backtest"] = await read_backtest(kube, owner, spec)
     elif phase is not None and read_metrics_now and source is not None and status.state not in ABSORBING_STATES:
         found.update(await read_metrics(kube, source, owner, spec, status, now))
-    return Observation(breaches=extra_breaches, **found)
+    return Observation(**found)

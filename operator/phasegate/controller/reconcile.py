@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
@@ -20,7 +19,7 @@ from phasegate.api import ABSORBING_STATES, HistoryEntry, Mode, State, StrategyS
 from phasegate.manifests import Owner, backtest_job, flatten_job, service, should_run, statefulset
 from phasegate.policy.emergency import flatten_wanted
 from phasegate.metrics.source import MetricsSource
-from phasegate.policy.rollout import Decision, decide
+from phasegate.policy.rollout import decide
 
 from . import telemetry
 from .kube import Conflict, Kube
@@ -55,13 +54,6 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass
-class Outcome:
-    decision: Optional[Decision]
-    status: Optional[StrategyStatus]
-    spec: Optional[StrategySpec]
-
-
 class Reconciler:
     def __init__(self, kube: Kube, source_for: Callable[[StrategySpec], MetricsSource], clock: Callable[[], datetime] = utcnow) -> None:
         self.kube = kube
@@ -76,8 +68,8 @@ class Reconciler:
         read_metrics: bool,
         apply_children: bool,
         replay_events: bool = False,
-        extra_breaches: tuple = (),
-    ) -> Outcome:
+    ) -> Optional[StrategySpec]:
+        """One pass; returns the spec it read (None when unreadable), for the loop's interval."""
         started = time.perf_counter()
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
@@ -88,7 +80,7 @@ class Reconciler:
             # The CRD's schema and CEL rules refuse these at apply time; reaching here means
             # the CRD is older than the operator. Nothing is changed on a spec we cannot read.
             log.error("invalid spec", error=str(exc).splitlines()[:6])
-            return Outcome(None, None, None)
+            return None
         status = parse_status(body.get("status"))
         owner = Owner(name=name, namespace=ns, uid=uid)
         now = self.clock()
@@ -101,7 +93,6 @@ class Reconciler:
             meta.get("annotations") or {},
             now,
             read_metrics_now=read_metrics,
-            extra_breaches=extra_breaches,
         )
         if obs.metrics_error:
             telemetry.METRICS_READ_ERRORS.labels(ns, name).inc()
@@ -127,7 +118,7 @@ class Reconciler:
             work.append(self.kube.create_job(flatten_job(spec, new, owner, new.emergency.id)))
         await asyncio.gather(*work)
         telemetry.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
-        return Outcome(decision, new, spec)
+        return spec
 
     @staticmethod
     def _log_transition(log: Any, entry: HistoryEntry, ns: str, name: str, status: StrategyStatus) -> None:
@@ -175,8 +166,8 @@ class Reconciler:
 
 
 def _in_backtest(spec: StrategySpec, status: StrategyStatus) -> bool:
-    phase = next((p for p in spec.phases if p.name == status.phase), None)
+    phase = spec.phase_named(status.phase)
     return phase is not None and phase.mode is Mode.BACKTEST
 
 
-__all__ = ["Conflict", "Outcome", "Reconciler", "merge_patch", "parse_status"]
+__all__ = ["Conflict", "Reconciler", "merge_patch", "parse_status"]

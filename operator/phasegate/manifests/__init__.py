@@ -57,7 +57,7 @@ def should_run(spec: StrategySpec, status: StrategyStatus) -> bool:
         return False
     if not status.phase:
         return False
-    phase = next((p for p in spec.phases if p.name == status.phase), None)
+    phase = spec.phase_named(status.phase)
     return phase is not None and phase.mode is not Mode.BACKTEST
 
 
@@ -67,7 +67,7 @@ def _fraction_text(value: Decimal) -> str:
 
 def pod_environment(spec: StrategySpec, status: StrategyStatus, name: str, mode: Optional[str] = None) -> list[dict[str, Any]]:
     """The contract of DESIGN.md, followed by the user's own env."""
-    phase = next((p for p in spec.phases if p.name == status.phase), spec.phases[0])
+    phase = spec.phase_named(status.phase) or spec.phases[0]
     mode = mode or phase.mode.value
     live = phase.mode is Mode.LIVE
     fraction = status.capital_fraction if live else Decimal(0)

@@ -64,7 +64,6 @@ class Observation:
     request_id: Optional[str] = None  # id of an unreadable request, to answer it once
     backtest: Optional[BacktestObservation] = None
     emergency: Any = None  # an EmergencyObservation while a sequence runs
-    breaches: tuple = ()  # extra breaches found outside the risk arithmetic (alerts)
 
 
 @dataclass(frozen=True)
@@ -329,11 +328,10 @@ def _observe_metrics(w: _Work, status: StrategyStatus, obs: Observation) -> bool
             return False
         evaluation = evaluate_risk(w.spec, w.fields["risk"], obs.metrics, w.now)
         w.fields["risk"] = evaluation.state
-        _trip(w, list(evaluation.breaches) + list(obs.breaches))
+        _trip(w, list(evaluation.breaches))
         if w.phase.mode is not Mode.BACKTEST:
             w.fields["gates"] = evaluate_metric_gates(w.phase.effective_gates, w.fields["risk"], obs.metrics)
         return True
-    _trip(w, list(obs.breaches))
     if obs.metrics_error is not None:
         if health.last_attempt_at is not None and health.last_attempt_at >= w.now:
             return False  # this failure is counted already
