@@ -69,8 +69,14 @@ run: venv ## Run the operator locally against the current KUBECONFIG.
 
 ##@ Tests
 
+.PHONY: lint
+lint: venv ## Ruff, mypy (phasegate.api and phasegate.policy) and the import-layer contracts (lint-imports).
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
 .PHONY: test
-test: venv binaries prometheus ## The whole suite: unit, property and end-to-end against a real control plane.
+test: venv binaries prometheus lint ## Lint, then the whole suite: unit, property and end-to-end against a real control plane.
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
