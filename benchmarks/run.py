@@ -20,12 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hack" / "cluster"))
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-import localcluster  # noqa: E402
-import plans  # noqa: E402
 from kubernetes import client, config  # noqa: E402
-from operator_proc import OperatorProcess  # noqa: E402
 
 from benchmarks.halt_latency import measure, summary  # noqa: E402
+
+import localcluster  # noqa: E402
+import plans  # noqa: E402
+from operator_proc import OperatorProcess  # noqa: E402
 
 G, V, P = "phasegate.dev", "v1alpha1", "tradingstrategies"
 STRATEGIES = int(os.environ.get("BENCH_STRATEGIES", "100"))

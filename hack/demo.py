@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,8 +142,9 @@ def up() -> int:
     )
 
     say("5/6 watching it climb (phasegate status demo --watch shows the same view)")
-    from phasegate.cli.render import render_status
     from rich.console import Console
+
+    from phasegate.cli.render import render_status
 
     console = Console(width=max(140, Console().width))
     promoted = False
@@ -154,7 +155,7 @@ def up() -> int:
         st = obj.get("status") or {}
         if st.get("phase") != last_phase or st.get("state") in ("Completed", "Failed", "Halted"):
             last_phase = st.get("phase")
-            console.print(render_status(obj, datetime.now(timezone.utc)))
+            console.print(render_status(obj, datetime.now(UTC)))
         if st.get("state") in ("Failed", "Halted", "EmergencyStopped"):
             raise SystemExit(f"the demo strategy stopped early: {st.get('state')}: {st.get('message')}")
         if st.get("message", "").startswith("AwaitingApproval") and not promoted:
@@ -182,7 +183,7 @@ def up() -> int:
             break
         time.sleep(0.5)
     obj = custom.get_namespaced_custom_object(G, V, NAMESPACE, P, NAME)
-    console.print(render_status(obj, datetime.now(timezone.utc)))
+    console.print(render_status(obj, datetime.now(UTC)))
     st = obj.get("status") or {}
     tripped = {k: b for k, b in (st.get("breakers") or {}).items() if b.get("state") == "Tripped"}
     print("\nWhat happened:")

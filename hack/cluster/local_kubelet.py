@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import urllib3
@@ -93,11 +93,11 @@ _no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def micro_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class ConfigError(Exception):
@@ -151,7 +151,7 @@ class IPAllocator:
 class PodRunner(threading.Thread):
     """Runs one pod: its process, its status, its deletion."""
 
-    def __init__(self, kubelet: "Kubelet", pod: dict):
+    def __init__(self, kubelet: Kubelet, pod: dict):
         meta, spec = pod["metadata"], pod["spec"]
         self.ns, self.pod_name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         super().__init__(daemon=True, name=f"{self.ns}/{self.pod_name}")

@@ -42,10 +42,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -351,7 +351,7 @@ class LocalCluster:
         }
 
     # ---- up
-    def up(self) -> "LocalCluster":
+    def up(self) -> LocalCluster:
         """Start the control plane, or reuse the one running from this state folder."""
         with self._lock():
             if self.is_running():
@@ -717,7 +717,7 @@ class LocalCluster:
             return False
         renewed = lease.get("spec", {}).get("renewTime", "") if code == 200 else ""
         try:
-            at = datetime.strptime(renewed, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+            at = datetime.strptime(renewed, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
         except ValueError:
             return False
         return at >= self.info().get("kubelet_started_at", 0)

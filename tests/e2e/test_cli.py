@@ -12,10 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 from kubernetes import client
@@ -131,7 +132,7 @@ def authenticated_user(k8s) -> str:
 
 
 def test_status_list_and_history_of_a_real_object(kubeconfig, namespace, api):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     create(api, namespace, "viewer", _status(now))
     res = cli(kubeconfig, "status", "viewer", "-n", namespace)
     assert res.returncode == 0, res.stderr
@@ -156,11 +157,11 @@ def test_status_list_and_history_of_a_real_object(kubeconfig, namespace, api):
 
 
 def test_refused_actions_leave_the_object_alone(kubeconfig, namespace, api):
-    create(api, namespace, "stopped", _status(datetime.now(timezone.utc), State.HALTED))
+    create(api, namespace, "stopped", _status(datetime.now(UTC), State.HALTED))
     res = cli(kubeconfig, "promote", "stopped", "-n", namespace, "--reason", "looks fine")
     assert res.returncode == 1
     assert f"cannot promote {namespace}/stopped" in res.stderr and "phasegate reset stopped" in res.stderr
-    create(api, namespace, "running", _status(datetime.now(timezone.utc)))
+    create(api, namespace, "running", _status(datetime.now(UTC)))
     res = cli(kubeconfig, "reset", "running", "-n", namespace, "--reason", "nothing")
     assert res.returncode == 1 and "nothing to reset" in res.stderr
     res = cli(kubeconfig, "pause", "running", "-n", namespace)
@@ -169,7 +170,7 @@ def test_refused_actions_leave_the_object_alone(kubeconfig, namespace, api):
 
 
 def test_halt_with_the_operator_down_scales_the_statefulset(kubeconfig, namespace, api, k8s):
-    create(api, namespace, "killme", _status(datetime.now(timezone.utc)))
+    create(api, namespace, "killme", _status(datetime.now(UTC)))
     apps = client.AppsV1Api(k8s)
     labels = {"app": "killme"}
     apps.create_namespaced_stateful_set(namespace, {
@@ -214,7 +215,7 @@ def test_kubectl_plugin(kubeconfig, namespace, api, cluster):
     kubectl = (cluster.bin_dir / "kubectl") if cluster.bin_dir and (cluster.bin_dir / "kubectl").exists() else shutil.which("kubectl")
     if not kubectl:
         pytest.skip("no kubectl binary")
-    create(api, namespace, "plugged", _status(datetime.now(timezone.utc)))
+    create(api, namespace, "plugged", _status(datetime.now(UTC)))
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "200"}
     res = subprocess.run([str(kubectl), "phasegate", "list", "-n", namespace], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0, res.stderr

@@ -13,6 +13,8 @@ from decimal import Decimal
 import pytest
 import yaml
 
+import plans  # noqa: E402  (tests/support, put on sys.path by strategy_env)
+
 from .strategy_env import (
     Strategies,
     history_actions,
@@ -22,8 +24,6 @@ from .strategy_env import (
     start_operator,
     wait_for,
 )
-
-import plans  # noqa: E402  (tests/support, put on sys.path by strategy_env)
 
 
 @pytest.fixture(scope="module", autouse=True)

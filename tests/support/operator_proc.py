@@ -33,7 +33,7 @@ class OperatorProcess:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
 
-    def start(self, timeout: float = 60) -> "OperatorProcess":
+    def start(self, timeout: float = 60) -> OperatorProcess:
         cmd = [str(PHASEGATE), "run", "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.liveness_port)]
         if self.namespace:
             cmd += ["--namespace", self.namespace]

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Optional
+from datetime import UTC, datetime
+from typing import Optional
 
 from phasegate.api import contract
 from phasegate.api.status import RequestRecord
@@ -31,7 +32,7 @@ OVERRIDING = (Verb.HALT, Verb.EMERGENCY)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id() -> str:

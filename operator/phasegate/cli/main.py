@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +23,7 @@ try:  # typer >= 0.2x vendors click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import NoArgsIsHelpError, UsageError
-from typing_extensions import Annotated
+from typing import Annotated
 
 import phasegate
 from phasegate.api import contract
@@ -148,7 +148,7 @@ def _session(
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # --- read-only commands ------------------------------------------------------------

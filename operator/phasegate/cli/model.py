@@ -79,7 +79,7 @@ class Strategy:
         return (self.metadata.get("annotations") or {}).get(contract.ANNOTATION_REQUEST)
 
     @classmethod
-    def from_obj(cls, obj: dict[str, Any]) -> "Strategy":
+    def from_obj(cls, obj: dict[str, Any]) -> Strategy:
         spec: Optional[StrategySpec] = None
         spec_error = None
         try:

@@ -5,9 +5,10 @@ current time in, a rich renderable out. No cluster, no clock, no printing.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel

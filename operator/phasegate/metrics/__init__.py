@@ -38,7 +38,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def make_source(spec: "StrategySpec", *, session: "Optional[aiohttp.ClientSession]" = None) -> MetricsSource:
+def make_source(spec: StrategySpec, *, session: Optional[aiohttp.ClientSession] = None) -> MetricsSource:
     """The source spec.analysis asks for. `session`, if given, is shared for connection reuse."""
     from phasegate.api.spec import MetricsSourceType
 

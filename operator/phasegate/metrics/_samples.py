@@ -8,9 +8,10 @@ the base of every ratio, must be a single series.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Optional
 
 from phasegate.api import contract as c
 

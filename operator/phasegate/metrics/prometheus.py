@@ -9,8 +9,9 @@ may use $namespace, $pod and $strategy, filled in for the target being read.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from string import Template
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import aiohttp
 

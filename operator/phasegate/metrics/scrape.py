@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Optional
 
@@ -58,7 +57,7 @@ class ScrapeSource:
                     text = await self._fetch(session, target)
         except MetricsUnavailable:
             raise
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise MetricsUnavailable(
                 f"timeout after {target.timeout_seconds}s reading {target.url}"
             ) from exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from .snapshot import MetricsSnapshot
@@ -29,7 +29,7 @@ class ScrapeTarget:
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:
             raise ValueError("ScrapeTarget.now must be timezone-aware")
-        object.__setattr__(self, "now", self.now.astimezone(timezone.utc))
+        object.__setattr__(self, "now", self.now.astimezone(UTC))
         if not self.path.startswith("/"):
             object.__setattr__(self, "path", "/" + self.path)
 

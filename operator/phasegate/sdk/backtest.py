@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from itertools import accumulate
 from operator import mul
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .breakers import BreakerBoard, BreakerLimits, Trip
 from .broker import CostModel, PaperBroker

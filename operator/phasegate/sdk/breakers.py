@@ -15,11 +15,11 @@ checkpoint so that the next process logs them.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
-from typing import Callable
 
 from .clock import isoformat
 

@@ -10,11 +10,12 @@ time, at the price then current; nothing here sleeps.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from enum import Enum
-from typing import Mapping, Protocol
+from typing import Protocol
 
 from .clock import Clock, isoformat, parse_time
 from .ledger import Ledger
@@ -107,7 +108,7 @@ class Order:
         }
 
     @classmethod
-    def from_json(cls, d: Mapping) -> "Order":
+    def from_json(cls, d: Mapping) -> Order:
         return cls(
             id=d["id"], symbol=d["symbol"], side=Side(d["side"]), quantity=D(d["quantity"]),
             submitted_at=parse_time(d["submittedAt"]), due_at=parse_time(d["dueAt"]),

@@ -6,7 +6,7 @@ and day boundaries can be driven by a test or a backtest without sleeping.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -16,14 +16,14 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class ManualClock:
     """A clock that moves only when told to."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = require_utc(start or datetime(2020, 1, 1, tzinfo=timezone.utc))
+        self._now = require_utc(start or datetime(2020, 1, 1, tzinfo=UTC))
 
     def now(self) -> datetime:
         return self._now
@@ -43,7 +43,7 @@ class ManualClock:
 def require_utc(when: datetime) -> datetime:
     if when.tzinfo is None:
         raise ValueError("times must be timezone-aware (UTC)")
-    return when.astimezone(timezone.utc)
+    return when.astimezone(UTC)
 
 
 def isoformat(when: datetime) -> str:

@@ -6,9 +6,9 @@ paper broker keeps another (the account); reconciliation compares the two.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Mapping
 
 from .money import ZERO, D, money_from_json, money_json
 
@@ -46,8 +46,8 @@ class Ledger:
         return {"cash": str(self.cash), "positions": money_json(self.positions)}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "Ledger":
+    def from_json(cls, data: Mapping) -> Ledger:
         return cls(cash=D(data["cash"]), positions=money_from_json(data.get("positions")))
 
-    def copy(self) -> "Ledger":
+    def copy(self) -> Ledger:
         return Ledger(self.cash, dict(self.positions))

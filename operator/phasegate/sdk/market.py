@@ -13,10 +13,11 @@ nobody gets out on the way down, whatever the size of the book.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Mapping, Protocol
+from typing import Protocol
 
 PRICE_QUANTUM = Decimal("0.01")
 
@@ -125,7 +126,7 @@ class SyntheticMarket:
         }
 
     @classmethod
-    def restore(cls, state: Mapping, params: MarketParams | None = None) -> "SyntheticMarket":
+    def restore(cls, state: Mapping, params: MarketParams | None = None) -> SyntheticMarket:
         market = cls(int(state["seed"]), params or MarketParams())
         version, internal, gauss_next = state["rng"]
         market._rng.setstate((version, tuple(internal), gauss_next))

@@ -7,9 +7,9 @@ nothing. It is what the operator's max position discrepancy limit (5%) is checke
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Mapping
 
 from .money import ZERO
 

@@ -16,10 +16,11 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from phasegate.api import contract
 
@@ -71,8 +72,8 @@ class StrategyApp:
     costs: CostModel = field(default_factory=CostModel)
     sizer: PositionSizer = field(default_factory=PositionSizer)
     limits: BreakerLimits = field(default_factory=BreakerLimits)
-    routes: Callable[["StrategyRuntime"], list[Route]] = lambda runtime: []
-    on_started: Callable[["StrategyRuntime"], None] | None = None
+    routes: Callable[[StrategyRuntime], list[Route]] = lambda runtime: []
+    on_started: Callable[[StrategyRuntime], None] | None = None
     checkpoint_seconds: float = 5.0
     heartbeat_seconds: float = 10.0
     shutdown_budget_seconds: float = 25.0
@@ -342,7 +343,7 @@ class StrategyRuntime:
                     wake = min(wake, now + max((due - self.clock.now()).total_seconds(), 0.0))
                 try:
                     await asyncio.wait_for(self._stop.wait(), timeout=max(wake - now, 0.0))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if self._stop.is_set():
                     return

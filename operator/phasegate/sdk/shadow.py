@@ -9,9 +9,9 @@ incrementally) shows up here before capital is at risk.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Mapping
 
 from .market import MarketFrame
 from .strategy import Strategy

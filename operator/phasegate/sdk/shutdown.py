@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 STOP_ACCEPTING_ORDERS = "stop_accepting_orders"
 CANCEL_PENDING_ORDERS = "cancel_pending_orders"
@@ -74,7 +75,7 @@ class ShutdownSequence:
             try:
                 details = await asyncio.wait_for(step.action(), timeout=allowance) or {}
                 status = "ok"
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 status = "timeout"
             except Exception as exc:
                 status = "failed"

@@ -7,10 +7,10 @@ compared without a broker, and orders depend on the book, which signals must not
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Callable, Mapping
 
 from .broker import OrderRequest
 from .ledger import Ledger

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from phasegate.api import (
     BreakerState,
@@ -26,7 +27,7 @@ from phasegate.api.spec import Action
 from phasegate.api.status import BacktestResult, EmergencyRecord, EmergencyStep, RequestRecord
 from phasegate.cli import kube
 
-NOW = datetime(2026, 1, 10, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 10, 12, 0, 0, tzinfo=UTC)
 CREATED = NOW - timedelta(days=30)
 
 
@@ -221,7 +222,7 @@ class FakeKube:
         self.gets = 0
         self.rv = 1000
         self.conflicts = 0  # how many patches to answer with 409 (someone else wrote first)
-        self.on_conflict: Optional[Callable[["FakeKube", str, str], None]] = None
+        self.on_conflict: Optional[Callable[[FakeKube, str, str], None]] = None
         self.operator: Optional[str] = None  # None (down), "Accepted" or "Rejected"
         self.operator_message = ""
         self.established = True

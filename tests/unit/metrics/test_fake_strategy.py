@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import pytest
 from phasegate.metrics import MetricsUnavailable, ScrapeSource, ScrapeTarget
 
 FAKE = Path(__file__).resolve().parents[2] / "support" / "fake_strategy.py"
-NOW = datetime(2024, 3, 11, 14, 30, tzinfo=timezone.utc)
+NOW = datetime(2024, 3, 11, 14, 30, tzinfo=UTC)
 
 
 def _env(**extra: str) -> dict[str, str]:

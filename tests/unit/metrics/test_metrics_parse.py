@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -14,7 +14,7 @@ from phasegate.metrics.snapshot import (
     counter_increases,
 )
 
-NOW = datetime(2024, 3, 11, 14, 30, tzinfo=timezone.utc)
+NOW = datetime(2024, 3, 11, 14, 30, tzinfo=UTC)
 
 
 def _no_floats(snap: MetricsSnapshot) -> None:
@@ -145,7 +145,7 @@ def test_snapshot_normalises_to_decimal_and_utc():
     )
     assert snap.portfolio_value == Decimal("0.1")
     assert snap.cash == Decimal(5) and isinstance(snap.cash, Decimal)
-    assert snap.taken_at.tzinfo == timezone.utc and snap.taken_at.hour == 10
+    assert snap.taken_at.tzinfo == UTC and snap.taken_at.hour == 10
     with pytest.raises(ValueError):
         MetricsSnapshot(taken_at=datetime(2024, 1, 1), portfolio_value=1)
     with pytest.raises(ValueError):

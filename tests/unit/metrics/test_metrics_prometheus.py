@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -26,7 +26,7 @@ from phasegate.metrics.prometheus import parse_query_response
 
 from loopback import loopback_server  # tests/support
 
-NOW = datetime(2024, 3, 11, 14, 30, tzinfo=timezone.utc)
+NOW = datetime(2024, 3, 11, 14, 30, tzinfo=UTC)
 TARGET = ScrapeTarget(
     namespace="trading", strategy="momentum", pod="momentum-0", pod_ip="10.0.0.7", port=9100,
     now=NOW, timeout_seconds=2,

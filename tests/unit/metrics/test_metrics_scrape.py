@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import aiohttp
@@ -22,7 +22,7 @@ from phasegate.metrics import (
 
 from loopback import loopback_server  # tests/support
 
-NOW = datetime(2024, 3, 11, 14, 30, tzinfo=timezone.utc)
+NOW = datetime(2024, 3, 11, 14, 30, tzinfo=UTC)
 
 
 def serving(handler):

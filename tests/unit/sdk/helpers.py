@@ -10,9 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from phasegate.api import contract
 
@@ -40,10 +40,10 @@ class DemoProcess:
     proc: subprocess.Popen
     lines: list[dict] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
-    _queue: "queue.Queue[str | None]" = field(default_factory=queue.Queue)
+    _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
 
     @classmethod
-    def start(cls, env: dict[str, str], *args: str) -> "DemoProcess":
+    def start(cls, env: dict[str, str], *args: str) -> DemoProcess:
         proc = subprocess.Popen(
             [sys.executable, "-m", "phasegate.sdk.demo", *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

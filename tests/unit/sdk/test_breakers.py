@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -27,7 +27,7 @@ from phasegate.sdk.exporter import StrategyMetrics
 from phasegate.sdk.ledger import Ledger
 from phasegate.sdk.orders import OrderGate
 
-T0 = datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 S = timedelta(seconds=1)
 
 

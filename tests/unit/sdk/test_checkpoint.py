@@ -10,14 +10,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from phasegate.sdk.checkpoint import CheckpointCorrupt, CheckpointStore
 
-NOW = datetime(2026, 5, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 5, 1, tzinfo=UTC)
 BLOB = 4_000_000  # characters per checkpoint: big enough that writing takes real time
 
 # A writer process. Each checkpoint's content is derived from its sequence number, so a

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from datetime import datetime, timedelta, timezone
 
+from phasegate.sdk.demo.momentum import MomentumStrategy
 from phasegate.sdk.market import MarketFrame, SyntheticMarket
 from phasegate.sdk.shadow import ShadowReplay, SignalAlignment
-from phasegate.sdk.demo.momentum import MomentumStrategy
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def frames(market: SyntheticMarket, n: int) -> list[MarketFrame]:

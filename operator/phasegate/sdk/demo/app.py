@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Mapping, Sequence
 
 from aiohttp import web
 
@@ -27,7 +27,7 @@ TRAIN_BARS = 504
 TEST_BARS = 126
 CANDIDATE_LOOKBACKS = (40, 60, 90)
 MONTE_CARLO_RUNS = 1000
-HISTORY_START = datetime(2015, 1, 1, tzinfo=timezone.utc)
+HISTORY_START = datetime(2015, 1, 1, tzinfo=UTC)
 # The guide's cap is 5% of capital; the demo sizes at 4% so that price moves leave
 # headroom under the operator's 5% largest-position limit.
 DEMO_SIZER = PositionSizer(max_position_fraction=Decimal("0.04"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Mapping
 
 from phasegate.sdk.broker import OrderRequest, Side
 from phasegate.sdk.market import MarketFrame
