@@ -70,7 +70,7 @@ def start_operator(kubeconfig: Path) -> int:
             return proc.pid
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit(f"the operator exited; see {STATE / 'operator.log'}")
+                raise SystemExit(f"the operator exited; see {STATE / 'operator.log'}") from None
             time.sleep(0.3)
     raise SystemExit(f"the operator did not come up; see {STATE / 'operator.log'}")
 

@@ -416,7 +416,7 @@ class LocalCluster:
 
     def _choose_ports(self) -> dict[str, int]:
         if str(self.port_base) == "auto" or str(self.port_base) == "0":
-            return dict(zip(PORT_OFFSETS, _free_ports(len(PORT_OFFSETS))))
+            return dict(zip(PORT_OFFSETS, _free_ports(len(PORT_OFFSETS)), strict=True))
         base = int(self.port_base)
         ports = {name: base + off for name, off in PORT_OFFSETS.items()}
         for name, port in ports.items():

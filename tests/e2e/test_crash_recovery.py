@@ -45,5 +45,5 @@ def test_sigkill_at_random_points_never_duplicates_or_loses_a_transition(k8s, ku
         st = ts.status(n)
         assert history_actions(st) == EXPECTED, f"{n}: {history_actions(st)}"
         assert [h["seq"] for h in st["history"]] == [1, 2, 3, 4, 5]
-        events = wait_for(lambda: (lambda e: e if len(e) >= 5 else None)(ts.events_for(n)), 20, f"{n}: Events")
+        events = wait_for(lambda n=n: (lambda got: got if len(got) >= 5 else None)(ts.events_for(n)), 20, f"{n}: Events")
         assert sorted(e["metadata"]["name"].rsplit(".", 1)[1] for e in events) == [f"{i:06d}" for i in range(1, 6)]

@@ -208,7 +208,7 @@ class State:
                 trips.add_metric([btype], n)
             yield trips
             cumulative, buckets = 0.0, []
-            for le, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], self.bucket_counts):
+            for le, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], self.bucket_counts, strict=True):
                 cumulative += n
                 buckets.append((le, cumulative))
             yield HistogramMetricFamily(

@@ -241,8 +241,8 @@ class Kube:
             return self._call("GET", f"{_STRATEGIES}/namespaces/{_q(namespace)}/{contract.PLURAL}/{_q(name)}")
         except ApiError as err:
             if err.status == 404:
-                raise NotFound(strategy_not_found(namespace, name) if err.names_object else CRD_MISSING)
-            raise _unexpected(err, f"reading tradingstrategy {namespace}/{name}")
+                raise NotFound(strategy_not_found(namespace, name) if err.names_object else CRD_MISSING) from err
+            raise _unexpected(err, f"reading tradingstrategy {namespace}/{name}") from err
 
     def list_strategies(self, namespace: Optional[str]) -> list[dict[str, Any]]:
         path = (
@@ -254,8 +254,8 @@ class Kube:
             return list(self._call("GET", path).get("items") or [])
         except ApiError as err:
             if err.status == 404:
-                raise NotFound(CRD_MISSING)
-            raise _unexpected(err, "listing tradingstrategies")
+                raise NotFound(CRD_MISSING) from err
+            raise _unexpected(err, "listing tradingstrategies") from err
 
     def patch_strategy(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         path = f"{_STRATEGIES}/namespaces/{_q(namespace)}/{contract.PLURAL}/{_q(name)}"
@@ -265,8 +265,8 @@ class Kube:
             if err.status == 409:
                 raise Conflict(err.message) from err
             if err.status == 404:
-                raise NotFound(strategy_not_found(namespace, name) if err.names_object else CRD_MISSING)
-            raise _unexpected(err, f"writing the request annotation on {namespace}/{name}")
+                raise NotFound(strategy_not_found(namespace, name) if err.names_object else CRD_MISSING) from err
+            raise _unexpected(err, f"writing the request annotation on {namespace}/{name}") from err
 
     # --- StatefulSet (the kill switch) ------------------------------------------
 
@@ -280,7 +280,7 @@ class Kube:
         except ApiError as err:
             if err.status == 404:
                 return False
-            raise _unexpected(err, f"scaling statefulset {namespace}/{name}")
+            raise _unexpected(err, f"scaling statefulset {namespace}/{name}") from err
         return True
 
     # --- who am I ----------------------------------------------------------------
@@ -305,7 +305,7 @@ class Kube:
         except ApiError as err:
             if err.status == 404:
                 return None
-            raise _unexpected(err, f"reading CRD {name}")
+            raise _unexpected(err, f"reading CRD {name}") from err
 
     def create_crd(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -313,7 +313,7 @@ class Kube:
         except ApiError as err:
             if err.status == 409:
                 raise Conflict(err.message) from err
-            raise _unexpected(err, "creating the CRD")
+            raise _unexpected(err, "creating the CRD") from err
 
     def replace_crd(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
@@ -322,7 +322,7 @@ class Kube:
         except ApiError as err:
             if err.status == 409:
                 raise Conflict(err.message) from err
-            raise _unexpected(err, "replacing the CRD")
+            raise _unexpected(err, "replacing the CRD") from err
 
 
 def _q(part: str) -> str:

@@ -36,7 +36,7 @@ class NullLog:
 
 
 def returns_of(equity: Sequence[float]) -> list[float]:
-    return [b / a - 1.0 for a, b in zip(equity, equity[1:]) if a > 0]
+    return [b / a - 1.0 for a, b in zip(equity, equity[1:], strict=False) if a > 0]
 
 
 def sharpe(returns: Sequence[float], periods_per_year: int = TRADING_DAYS) -> float:
@@ -214,7 +214,7 @@ def monte_carlo(returns: Sequence[float], runs: int = 1000, seed: int = 0,
         var = (sum(squares[i] for i in idx) - n * mean * mean) / (n - 1) if n > 1 else 0.0
         sharpes.append(mean / math.sqrt(var) * annual if var > 0 else 0.0)
         equity = list(accumulate((growth[i] for i in idx), mul, initial=1.0))
-        drawdowns.append(max(1.0 - e / p for e, p in zip(equity, accumulate(equity, max))))
+        drawdowns.append(max(1.0 - e / p for e, p in zip(equity, accumulate(equity, max), strict=True)))
     sharpes.sort()
     drawdowns.sort()
     return MonteCarlo(

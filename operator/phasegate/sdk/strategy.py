@@ -48,5 +48,5 @@ class Strategy(ABC):
     def snapshot(self) -> dict:
         return {}
 
-    def restore(self, state: Mapping) -> None:
+    def restore(self, state: Mapping) -> None:  # noqa: B027  (optional hook: a stateless strategy restores nothing)
         pass

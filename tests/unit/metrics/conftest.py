@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -48,11 +51,6 @@ def healthy_registry(
 
 def exposition(**kwargs) -> str:
     return generate_latest(healthy_registry(**kwargs)).decode()
-
-
-import socket
-
-import pytest
 
 
 @pytest.fixture

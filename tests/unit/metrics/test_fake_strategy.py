@@ -46,7 +46,7 @@ class Running:
                 return
             except (urllib.error.URLError, ConnectionError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"fake strategy did not start: {self.proc.communicate()}")
+                    raise RuntimeError(f"fake strategy did not start: {self.proc.communicate()}") from None
                 time.sleep(0.05)
 
     def control(self, **body) -> dict:

@@ -154,7 +154,7 @@ def test_kills_at_random_moments_always_leave_a_whole_checkpoint(tmp_path):
         writer = start_writer(directory, "normal")
         try:
             wanted = rng.randint(1, 3)
-            printed = read_until(writer, lambda line: line.isdigit() and int(line) >= wanted)
+            printed = read_until(writer, lambda line, wanted=wanted: line.isdigit() and int(line) >= wanted)
             # Not an assertion on timing: only a way to land the kill at varied points of the next write.
             time.sleep(rng.uniform(0, 0.05))
         finally:

@@ -116,7 +116,7 @@ def test_walk_forward_rolls_windows_and_picks_on_training_data_only():
     assert len(wf.windows) == 8
     assert [w.test for w in wf.windows][:2] == [(200, 300), (300, 400)]
     assert [w.params for w in wf.windows[:3]] == [3, 3, 1]  # training from bar 200 on prefers 1
-    assert all(b <= w.test[0] for w, (a, b) in zip(wf.windows, seen[::3]))
+    assert all(b <= w.test[0] for w, (a, b) in zip(wf.windows, seen[::3], strict=True))
     assert len(wf.out_of_sample_returns) == 800
 
 

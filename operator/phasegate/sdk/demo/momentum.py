@@ -53,7 +53,7 @@ class MomentumStrategy(Strategy):
 
     def daily_volatility(self, symbol: str) -> Decimal:
         closes = [float(c) for c in self.closes.get(symbol, ())]
-        rets = [b / a - 1.0 for a, b in zip(closes, closes[1:]) if a > 0]
+        rets = [b / a - 1.0 for a, b in zip(closes, closes[1:], strict=False) if a > 0]
         if len(rets) < 2:
             return ZERO
         mean = math.fsum(rets) / len(rets)
