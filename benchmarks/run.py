@@ -92,7 +92,9 @@ def setup_floor_namespace(api: client.ApiClient, ns: str, n: int) -> list[str]:
     return names
 
 
-async def halt_latency(kubeconfig: Path, op_ns: str, floor_ns: str, op_names: list[str], floor_names: list[str]) -> dict[str, Any]:
+async def halt_latency(
+    kubeconfig: Path, op_ns: str, floor_ns: str, op_names: list[str], floor_names: list[str]
+) -> dict[str, Any]:
     from benchmarks.halt_latency import floor_client
 
     stop = asyncio.Event()

@@ -188,7 +188,10 @@ def up() -> int:
     tripped = {k: b for k, b in (st.get("breakers") or {}).items() if b.get("state") == "Tripped"}
     print("\nWhat happened:")
     for h in st.get("history", []):
-        print(f"  #{h['seq']:<3} {h['at']}  {h['action']:<10} {h.get('from', ''):>9} -> {h.get('to', ''):<9} {h['reason'][:90]}  (by {h['by']})")
+        print(
+            f"  #{h['seq']:<3} {h['at']}  {h['action']:<10} {h.get('from', ''):>9} -> {h.get('to', ''):<9}"
+            f" {h['reason'][:90]}  (by {h['by']})"
+        )
     for name, b in tripped.items():
         print(f"\nBreaker {name} tripped: {b.get('reason')}")
     print(

@@ -409,7 +409,8 @@ class LocalCluster:
         if proc.returncode != 0 or not lines:
             raise ClusterError(f"building the control plane binaries failed (exit {proc.returncode}); see the messages above")
         bin_dir = Path(lines[-1].strip())
-        missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok") if not os.access(bin_dir / b, os.X_OK)]
+        wanted = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+        missing = [b for b in wanted if not os.access(bin_dir / b, os.X_OK)]
         if missing:
             raise ClusterError(f"{bin_dir} lacks {', '.join(missing)}; remove that folder and run `make binaries` again")
         return bin_dir
@@ -489,7 +490,9 @@ class LocalCluster:
 
     def _make_pki(self, tokens: dict[str, str]) -> None:
         if shutil.which("openssl") is None:
-            raise ClusterError("openssl is not installed; it makes the cluster's certificates. Install it (apt-get install openssl).")
+            raise ClusterError(
+                "openssl is not installed; it makes the cluster's certificates. Install it (apt-get install openssl)."
+            )
         pki = self.state_dir / "pki"
         (pki / "ca.cnf").write_text(
             "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=phasegate-local-ca\n"
@@ -497,7 +500,10 @@ class LocalCluster:
             "subjectKeyIdentifier=hash\n"
         )
         (pki / "server.cnf").write_text("[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=kube-apiserver\n")
-        sans = "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1"
+        sans = (
+            "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+            "DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1"
+        )
         (pki / "server.ext").write_text(
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
             f"subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\nsubjectAltName={sans}\n"
@@ -505,7 +511,10 @@ class LocalCluster:
         for key in ("ca.key", "apiserver.key", "sa.key"):
             self._openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
         self._openssl("ec", "-in", "sa.key", "-pubout", "-out", "sa.pub")
-        self._openssl("req", "-x509", "-new", "-key", "ca.key", "-config", "ca.cnf", "-extensions", "v3_ca", "-days", "3650", "-sha256", "-out", "ca.crt")
+        self._openssl(
+            "req", "-x509", "-new", "-key", "ca.key", "-config", "ca.cnf", "-extensions", "v3_ca",
+            "-days", "3650", "-sha256", "-out", "ca.crt",
+        )
         self._openssl("req", "-new", "-key", "apiserver.key", "-config", "server.cnf", "-out", "apiserver.csr")
         self._openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
                       "-days", "3650", "-sha256", "-extfile", "server.ext", "-out", "apiserver.crt")
@@ -518,7 +527,10 @@ class LocalCluster:
             "kwok": ("kwok", "system:masters"),
             "kubelet": ("phasegate:local-kubelet", "system:masters"),  # reads Secrets for env, as a kubelet does
         }
-        lines = [f'{tokens[u]},{name},{name},"{groups}"' if groups else f"{tokens[u]},{name},{name}" for u, (name, groups) in users.items()]
+        lines = [
+            f'{tokens[u]},{name},{name},"{groups}"' if groups else f"{tokens[u]},{name},{name}"
+            for u, (name, groups) in users.items()
+        ]
         (pki / "tokens.csv").write_text("\n".join(lines) + "\n")
         for f in pki.iterdir():
             f.chmod(0o600)
@@ -534,7 +546,9 @@ class LocalCluster:
             "kind": "Config",
             "clusters": [{"name": "phasegate-local", "cluster": {"server": server, "certificate-authority-data": ca}}],
             "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "phasegate-local", "context": {"cluster": "phasegate-local", "user": user, "namespace": "default"}}],
+            "contexts": [
+                {"name": "phasegate-local", "context": {"cluster": "phasegate-local", "user": user, "namespace": "default"}}
+            ],
             "current-context": "phasegate-local",
         }
         path.write_text(json.dumps(cfg, indent=2))  # JSON is valid kubeconfig YAML
@@ -544,7 +558,9 @@ class LocalCluster:
     def _write_kwok_config(self, bin_dir: Path) -> None:
         stages = sorted((bin_dir / "kwok-stages").glob("*.yaml"))
         if not stages:
-            raise ClusterError(f"no kwok stage files in {bin_dir / 'kwok-stages'}; remove that folder and run `make binaries` again")
+            raise ClusterError(
+                f"no kwok stage files in {bin_dir / 'kwok-stages'}; remove that folder and run `make binaries` again"
+            )
         docs = [s.read_text().strip() for s in stages]
         (self.state_dir / "kwok.yaml").write_text("\n---\n".join(docs) + "\n")
 
@@ -577,7 +593,8 @@ class LocalCluster:
                 str(b / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
                 "--bind-address=127.0.0.1", f"--secure-port={p['kube-apiserver']}", "--advertise-address=127.0.0.1",
-                f"--cert-dir={pki}", f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--cert-dir={pki}", f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
                 "--authorization-mode=Node,RBAC",
                 # the default admission plugins stay on (NamespaceLifecycle, ServiceAccount, ResourceQuota,
@@ -691,7 +708,9 @@ class LocalCluster:
             }
             code, _ = self._api("POST", "/api/v1/nodes", node)
             if code not in (201, 409):
-                raise ClusterError(f"creating the kwok node {name} failed with HTTP {code}; see {self.log_file('kube-apiserver')}")
+                raise ClusterError(
+                    f"creating the kwok node {name} failed with HTTP {code}; see {self.log_file('kube-apiserver')}"
+                )
 
     @staticmethod
     def _is_ready(node: dict) -> bool:

@@ -155,7 +155,8 @@ def wait(
         last = s.status.last_request
         if last is not None and last.id == req.id:
             if last.outcome == "Accepted":
-                return Answer(OK, last, f"{req.verb.value} accepted by the operator" + (f": {last.message}" if last.message else ""))
+                detail = f": {last.message}" if last.message else ""
+                return Answer(OK, last, f"{req.verb.value} accepted by the operator{detail}")
             return Answer(
                 REFUSED, last,
                 f"{req.verb.value} rejected by the operator: {last.message or 'no reason given'}",

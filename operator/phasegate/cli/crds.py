@@ -42,7 +42,8 @@ def load_crd(path: Optional[str]) -> tuple[dict[str, Any], str]:
     except yaml.YAMLError as exc:
         raise CliError(f"{source} is not valid YAML: {exc}", REFUSED) from exc
     if not isinstance(body, dict) or body.get("kind") != "CustomResourceDefinition":
-        raise CliError(f"{source} is not a CustomResourceDefinition (kind: {body.get('kind') if isinstance(body, dict) else '?'})", REFUSED)
+        kind = body.get("kind") if isinstance(body, dict) else "?"
+        raise CliError(f"{source} is not a CustomResourceDefinition (kind: {kind})", REFUSED)
     return body, str(source)
 
 

@@ -101,7 +101,9 @@ app = _App(
 
 NamespaceOpt = Annotated[
     Optional[str],
-    typer.Option("--namespace", "-n", help="Namespace. Default: the kubeconfig context's namespace, else default.", show_default=False),
+    typer.Option(
+        "--namespace", "-n", help="Namespace. Default: the kubeconfig context's namespace, else default.", show_default=False
+    ),
 ]
 KubeconfigOpt = Annotated[
     Optional[str],
@@ -299,7 +301,10 @@ def _act(
         elif scaled is False:
             message += f". There is no StatefulSet {ns}/{name}: nothing was running"
         else:
-            message += f". Scaling StatefulSet {ns}/{name} to 0 FAILED too: scale it by hand (kubectl scale sts {name} -n {ns} --replicas=0)"
+            message += (
+                f". Scaling StatefulSet {ns}/{name} to 0 FAILED too: scale it by hand"
+                f" (kubectl scale sts {name} -n {ns} --replicas=0)"
+            )
     raise CliError(message, answer.code)
 
 
@@ -367,7 +372,9 @@ def reset(
 @app.command()
 def emergency(
     ctx: typer.Context, name: _NAME,
-    severity: Annotated[SeverityChoice, typer.Option("--severity", "-s", help="critical also flattens all positions.", show_default=False)],
+    severity: Annotated[
+        SeverityChoice, typer.Option("--severity", "-s", help="critical also flattens all positions.", show_default=False)
+    ],
     reason: ReasonOpt,
     timeout: TimeoutOpt = 30.0, no_wait: NoWaitOpt = False,
     namespace: NamespaceOpt = None, kubeconfig: KubeconfigOpt = None, context: ContextOpt = None,
@@ -421,7 +428,8 @@ def run(
 def install_crds(
     ctx: typer.Context,
     file: Annotated[
-        Optional[str], typer.Option("--file", "-f", help=f"CRD file. Default: crds/{crds.CRD_FILE} of the repository.", show_default=False)
+        Optional[str],
+        typer.Option("--file", "-f", help=f"CRD file. Default: crds/{crds.CRD_FILE} of the repository.", show_default=False),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0, help="Seconds to wait for Established.")] = 60.0,
     kubeconfig: KubeconfigOpt = None,
