@@ -451,7 +451,10 @@ class PodRunner(threading.Thread):
                 headers = {x["name"]: x["value"] for x in h.get("httpHeaders") or []}
                 req = urllib.request.Request(url, headers=headers)
                 ctx = ssl._create_unverified_context() if scheme == "https" else None
-                opened = _no_proxy.open(req, timeout=timeout) if not ctx else urllib.request.urlopen(req, timeout=timeout, context=ctx)
+                if ctx:
+                    opened = urllib.request.urlopen(req, timeout=timeout, context=ctx)
+                else:
+                    opened = _no_proxy.open(req, timeout=timeout)
                 with opened as r:
                     return 200 <= r.status < 400
             if "tcpSocket" in probe:
