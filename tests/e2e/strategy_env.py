@@ -100,7 +100,10 @@ class Strategies:
         # Raw JSON: the typed client refuses core Events whose eventTime is null.
         raw = self.events.list_namespaced_event(self.ns, _preload_content=False)
         items = json.loads(raw.data)["items"]
-        return [e for e in items if (e.get("regarding") or {}).get("name") == name and e.get("reportingController") == "phasegate.dev/operator"]
+        return [
+            e for e in items
+            if (e.get("regarding") or {}).get("name") == name and e.get("reportingController") == "phasegate.dev/operator"
+        ]
 
 
 def history_actions(status: dict[str, Any]) -> list[tuple[str, str]]:

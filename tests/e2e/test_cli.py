@@ -212,12 +212,16 @@ def test_not_found_and_unreachable(kubeconfig, namespace, tmp_path):
 
 
 def test_kubectl_plugin(kubeconfig, namespace, api, cluster):
-    kubectl = (cluster.bin_dir / "kubectl") if cluster.bin_dir and (cluster.bin_dir / "kubectl").exists() else shutil.which("kubectl")
+    local = cluster.bin_dir / "kubectl" if cluster.bin_dir else None
+    kubectl = local if local and local.exists() else shutil.which("kubectl")
     if not kubectl:
         pytest.skip("no kubectl binary")
     create(api, namespace, "plugged", _status(datetime.now(UTC)))
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "200"}
-    res = subprocess.run([str(kubectl), "phasegate", "list", "-n", namespace], capture_output=True, text=True, env=env, timeout=60)
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": path, "COLUMNS": "200"}
+    res = subprocess.run(
+        [str(kubectl), "phasegate", "list", "-n", namespace], capture_output=True, text=True, env=env, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     assert any(line.startswith("plugged") for line in res.stdout.splitlines())
     res = subprocess.run([str(kubectl), "phasegate", "--help"], capture_output=True, text=True, env=env, timeout=60)
@@ -248,7 +252,8 @@ def test_requests_answered_by_the_operator(kubeconfig, namespace, api, k8s, tmp_
         assert st["lastRequest"]["id"] == annotation(api, namespace, "answered")["id"]
         halt = [h for h in st["history"] if h["action"] == "halt"]
         assert halt and "desk kill switch" in halt[-1]["reason"] and halt[-1]["by"] == authenticated_user(k8s)
-        wait_for(lambda: client.AppsV1Api(k8s).read_namespaced_stateful_set("answered", namespace).spec.replicas == 0, 10, "replicas 0")
+        apps = client.AppsV1Api(k8s)
+        wait_for(lambda: apps.read_namespaced_stateful_set("answered", namespace).spec.replicas == 0, 10, "replicas 0")
 
         res = cli(kubeconfig, "promote", "answered", "-n", namespace, "--reason", "x")
         assert res.returncode == 1 and "Halted" in res.stderr

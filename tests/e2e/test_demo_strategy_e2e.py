@@ -13,7 +13,9 @@ import pytest
 from .strategy_env import Strategies, install_crd, start_operator, wait_for
 from .test_risk_e2e import pod_of_phase
 
-SHUTDOWN_ORDER = ["stop_accepting_orders", "cancel_pending_orders", "write_final_checkpoint", "close_broker_connection", "flush_logs"]
+SHUTDOWN_ORDER = [
+    "stop_accepting_orders", "cancel_pending_orders", "write_final_checkpoint", "close_broker_connection", "flush_logs",
+]
 
 
 def demo_strategy(name: str) -> dict:
@@ -59,7 +61,10 @@ def test_demo_strategy_climbs_then_a_crash_halts_it_and_it_shuts_down_in_order(k
         assert bt["outcome"] == "Passed" and Decimal(bt["sharpe"]) >= 1 and bt["monteCarloRuns"] >= 1000
         assert [h["to"] for h in st["history"]] == ["backtest", "paper", "live-10"]
         pod_of_phase(ts, "demo", "live-10", timeout=60)
-        ts.wait("demo", lambda s: any(c["type"] == "MetricsAvailable" and c["status"] == "True" for c in s["conditions"]), 30, "metrics of live-10")
+        ts.wait(
+            "demo", lambda s: any(c["type"] == "MetricsAvailable" and c["status"] == "True" for c in s["conditions"]),
+            30, "metrics of live-10",
+        )
         pod = ts.core.read_namespaced_pod("demo-0", namespace)
         req = urllib.request.Request(f"http://{pod.status.pod_ip}:9100/demo/crash", data=b"{}", method="POST")
         urllib.request.urlopen(req, timeout=5).read()

@@ -106,6 +106,7 @@ def test_prometheus_source_gates_the_ladder_and_its_data_halts(k8s, kubeconfig, 
         time.sleep(4)  # a few scrapes of the live-10 pod into Prometheus
         control(ts, "promsourced", {"portfolio_value": "700000"})
         st = ts.wait("promsourced", lambda s: s.get("state") in ("Halted", "EmergencyStopped"), 30, "halted on Prometheus data")
-        assert {k: Decimal(b["value"]) for k, b in st["breakers"].items()} == {"maxDrawdown": Decimal("0.3"), "maxDailyLoss": Decimal("0.3")}, st["breakers"]
+        values = {k: Decimal(b["value"]) for k, b in st["breakers"].items()}
+        assert values == {"maxDrawdown": Decimal("0.3"), "maxDailyLoss": Decimal("0.3")}, st["breakers"]
     finally:
         op.stop()

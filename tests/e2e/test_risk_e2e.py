@@ -65,7 +65,10 @@ def pod_of_phase(ts: Strategies, name: str, phase: str, timeout: float = 30) -> 
 
 
 def metrics_read(ts: Strategies, name: str, timeout: float = 60) -> None:
-    ts.wait(name, lambda s: any(c["type"] == "MetricsAvailable" and c["status"] == "True" for c in s.get("conditions", [])), timeout, "metrics read")
+    ts.wait(
+        name, lambda s: any(c["type"] == "MetricsAvailable" and c["status"] == "True" for c in s.get("conditions", [])),
+        timeout, "metrics read",
+    )
 
 
 def tripped(status: dict) -> dict:
@@ -171,7 +174,8 @@ def test_critical_emergency_runs_the_flatten_job_and_locks_down(op, ts, kubeconf
     assert steps["flatten"]["durationSeconds"] >= 0
     from kubernetes import client
 
-    flatten = [j for j in client.BatchV1Api(ts.core.api_client).list_namespaced_job(namespace).items if "-flatten-" in j.metadata.name]
+    jobs = client.BatchV1Api(ts.core.api_client).list_namespaced_job(namespace).items
+    flatten = [j for j in jobs if "-flatten-" in j.metadata.name]
     assert len(flatten) == 1 and flatten[0].status.succeeded == 1
     env = {e.name: e.value for e in flatten[0].spec.template.spec.containers[0].env}
     assert env["PHASEGATE_MODE"] == "flatten"

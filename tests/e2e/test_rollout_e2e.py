@@ -55,7 +55,11 @@ def test_whole_ladder_climbs_in_order_with_the_right_pod_environment(op, ts, clu
     # every transition has its Event
     wait_for(lambda: len(ts.events_for("climber")) >= 5, 20, "one Event per history entry")
     # the pod carried the right mode and fraction at each rung, in order
-    starts = wait_for(lambda: (lambda s: s if len({x["env"]["PHASEGATE_PHASE"] for x in s}) >= 5 else None)(pod_starts(cluster, namespace, "climber-0")), 30, "a pod per rung")
+    def five_rungs():
+        s = pod_starts(cluster, namespace, "climber-0")
+        return s if len({x["env"]["PHASEGATE_PHASE"] for x in s}) >= 5 else None
+
+    starts = wait_for(five_rungs, 30, "a pod per rung")
     seen = []
     for rec in starts:
         env = rec["env"]
@@ -85,7 +89,10 @@ def test_whole_ladder_climbs_in_order_with_the_right_pod_environment(op, ts, clu
 @pytest.mark.timeout(180)
 def test_ceiling_stops_the_ladder_and_raising_it_lets_it_continue(op, ts):
     ts.create(plans.strategy("ceiling", max_fraction=0.10))
-    ts.wait("ceiling", lambda s: s.get("phase") == "live-10" and "CeilingReached" in s.get("message", ""), 90, "held at live-10 by the ceiling")
+    ts.wait(
+        "ceiling", lambda s: s.get("phase") == "live-10" and "CeilingReached" in s.get("message", ""),
+        90, "held at live-10 by the ceiling",
+    )
     time.sleep(5)
     st = ts.status("ceiling")
     assert st["phase"] == "live-10" and Decimal(st["capitalFraction"]) == Decimal("0.1")
@@ -123,7 +130,10 @@ def test_breaker_condition_halts_and_the_halt_survives_restart_reapply_and_scali
     st = ts.wait("halter", lambda s: s.get("state") == "Halted", 15, "Halted")
     wait_for(lambda: ts.replicas("halter") == 0, 10, "StatefulSet scaled to 0")
     assert st["history"][-1]["action"] == "halt"
-    wait_for(lambda: any(e["reason"] == "HaltCircuitBreakerTripped" and e["type"] == "Warning" for e in ts.events_for("halter")), 15, "a Halt Event")
+    wait_for(
+        lambda: any(e["reason"] == "HaltCircuitBreakerTripped" and e["type"] == "Warning" for e in ts.events_for("halter")),
+        15, "a Halt Event",
+    )
     seq = st["historySeq"]
 
     # an operator restart does not resume it
@@ -168,7 +178,9 @@ BAD = [
 
 
 @pytest.mark.timeout(180)
-def test_bad_manifests_are_rejected_naming_the_field_and_a_running_strategy_is_untouched(op, ts, cluster, kubeconfig, namespace, tmp_path):
+def test_bad_manifests_are_rejected_naming_the_field_and_a_running_strategy_is_untouched(
+    op, ts, cluster, kubeconfig, namespace, tmp_path
+):
     good = plans.strategy("guarded", max_fraction=0.10)
     ts.create(good)
     ts.wait("guarded", lambda s: s.get("phase") == "shadow", 60, "running")
@@ -201,7 +213,10 @@ def test_bad_manifests_are_rejected_naming_the_field_and_a_running_strategy_is_u
 def test_a_template_change_rolls_the_pod_without_a_transition(op, ts, namespace):
     ts.create(plans.strategy("retemplated", phases=[{"name": "paper", "mode": "paper", "minDuration": "1h"},
                                                     {"name": "live-100", "mode": "live", "fraction": 1.0}]))
-    ts.wait("retemplated", lambda s: any(c["type"] == "MetricsAvailable" and c["status"] == "True" for c in s.get("conditions", [])), 60, "running")
+    ts.wait(
+        "retemplated", lambda s: any(c["type"] == "MetricsAvailable" and c["status"] == "True" for c in s.get("conditions", [])),
+        60, "running",
+    )
     time.sleep(3)  # the pod is settled: no StatefulSet event will re-apply it by chance
     seq = ts.status("retemplated")["historySeq"]
     ts.patch_spec("retemplated", {"template": {"env": [{"name": "FAKE_TICK_SECONDS", "value": "2"}]}})

@@ -24,7 +24,9 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_path: Path, *, namespace: Optional[str] = None, env: Optional[dict[str, str]] = None) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_path: Path, *, namespace: Optional[str] = None, env: Optional[dict[str, str]] = None
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespace = namespace

@@ -41,7 +41,10 @@ def strategy(
             "tolerations": [{"key": "phasegate.dev/local-process", "operator": "Exists", "effect": "NoSchedule"}],
         },
         "phases": copy.deepcopy(phases if phases is not None else COMPRESSED_PHASES),
-        "analysis": {"interval": interval, "timeout": "2s", "rateWindow": "5s", "metricsFailure": metrics_failure or {"pauseAfter": 3, "haltAfter": 6}},
+        "analysis": {
+            "interval": interval, "timeout": "2s", "rateWindow": "5s",
+            "metricsFailure": metrics_failure or {"pauseAfter": 3, "haltAfter": 6},
+        },
         "terminationGracePeriod": "5s",
     }
     if risk_limits is not None:

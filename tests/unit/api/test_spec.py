@@ -78,7 +78,10 @@ def test_ceiling_index():
     assert s.phases[s.ceiling_index()].name == "shadow"
 
 
-@pytest.mark.parametrize("text, delta", [("30s", timedelta(seconds=30)), ("7d", timedelta(days=7)), ("1h30m", timedelta(minutes=90)), ("500ms", timedelta(milliseconds=500)), ("2w", timedelta(weeks=2))])
+@pytest.mark.parametrize("text, delta", [
+    ("30s", timedelta(seconds=30)), ("7d", timedelta(days=7)), ("1h30m", timedelta(minutes=90)),
+    ("500ms", timedelta(milliseconds=500)), ("2w", timedelta(weeks=2)),
+])
 def test_durations(text, delta):
     assert parse_duration(text) == delta
 

@@ -144,7 +144,9 @@ def halted_status(**over: Any) -> StrategyStatus:
                 severity=Severity.CRITICAL, action=Action.HALT, tripped_at=NOW - timedelta(minutes=10),
                 reason="drawdown 23% from the high-water mark",
             ),
-            "maxDailyLoss": BreakerStatus(state=BreakerState.CLOSED, value=Decimal("0.02"), limit=Decimal("0.05"), action=Action.HALT),
+            "maxDailyLoss": BreakerStatus(
+                state=BreakerState.CLOSED, value=Decimal("0.02"), limit=Decimal("0.05"), action=Action.HALT
+            ),
         },
         history=_history(7, last=halt),
         history_seq=8,
@@ -160,9 +162,16 @@ def emergency_status() -> StrategyStatus:
             id="e" * 32, severity="critical", reason="exchange outage", by="bob",
             started_at=NOW - timedelta(minutes=3), finished=True,
             steps=[
-                EmergencyStep(name="stopOrders", outcome="Succeeded", started_at=NOW - timedelta(minutes=3), duration_seconds=0.4),
-                EmergencyStep(name="cancelOrders", outcome="Succeeded", started_at=NOW - timedelta(minutes=3), duration_seconds=1.2),
-                EmergencyStep(name="flatten", outcome="TimedOut", started_at=NOW - timedelta(minutes=2), duration_seconds=300.0, message="3 positions left"),
+                EmergencyStep(
+                    name="stopOrders", outcome="Succeeded", started_at=NOW - timedelta(minutes=3), duration_seconds=0.4
+                ),
+                EmergencyStep(
+                    name="cancelOrders", outcome="Succeeded", started_at=NOW - timedelta(minutes=3), duration_seconds=1.2
+                ),
+                EmergencyStep(
+                    name="flatten", outcome="TimedOut", started_at=NOW - timedelta(minutes=2), duration_seconds=300.0,
+                    message="3 positions left",
+                ),
             ],
         ),
     )

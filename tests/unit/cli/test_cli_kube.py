@@ -37,7 +37,8 @@ class FakeApiserver:
                     "body": json.loads(body) if body else None,
                 })
                 path = self.path.split("?")[0]
-                status, payload = outer.routes.get((self.command, path), (404, {"kind": "Status", "code": 404, "message": "404 page not found"}))
+                not_found = (404, {"kind": "Status", "code": 404, "message": "404 page not found"})
+                status, payload = outer.routes.get((self.command, path), not_found)
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
