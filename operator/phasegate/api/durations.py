@@ -1,11 +1,16 @@
-"""Durations as users write them in manifests: `30s`, `15m`, `12h`, `7d`, `2w`, `1h30m`."""
+"""Durations as users write them in manifests: `30s`, `15m`, `12h`, `7d`, `2w`, `1h30m`.
+
+Bounded, in the model and in the CRD alike: at most 6 digits per number (the pattern) and
+at most MAX_DURATION in total (parse_duration here, DURATION_BOUND_RULE in the CRD), so that
+no accepted duration overflows timedelta or datetime arithmetic in the operator.
+"""
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
 
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d|w))+$"
+DURATION_PATTERN = r"^([0-9]{1,6}(ms|s|m|h|d|w))+$"
 _PART = re.compile(r"([0-9]+)(ms|s|m|h|d|w)")
 _UNIT = {
     "ms": timedelta(milliseconds=1),
@@ -15,14 +20,31 @@ _UNIT = {
     "d": timedelta(days=1),
     "w": timedelta(weeks=1),
 }
-DURATION_HINT = "a duration such as 500ms, 30s, 15m, 12h, 7d or 2w (no spaces)"
+DURATION_HINT = "a duration such as 500ms, 30s, 15m, 12h, 7d or 2w (no spaces, at most 6 digits per number)"
+
+MAX_DURATION = timedelta(days=3650)
+MAX_DURATION_TEXT = "3650d"
+MAX_DURATION_HINT = f"at most {MAX_DURATION_TEXT} (10 years): write a shorter duration, such as 7d or 52w"
+
+# The same bound as a CEL rule on a string field: the parts' sum in milliseconds, each part
+# found with the regex of _PART (RE2 and Python agree on it: `ms` is tried before `m`).
+_MS = {u: int(d / timedelta(milliseconds=1)) for u, d in _UNIT.items()}
+DURATION_BOUND_RULE = (
+    "self.findAll('[0-9]+(ms|s|m|h|d|w)').map(p, int(p.find('^[0-9]+')) * "
+    f"(p.endsWith('ms') ? {_MS['ms']} : p.endsWith('s') ? {_MS['s']} : p.endsWith('m') ? {_MS['m']} : "
+    f"p.endsWith('h') ? {_MS['h']} : p.endsWith('d') ? {_MS['d']} : {_MS['w']})).sum() "
+    f"<= {int(MAX_DURATION / timedelta(milliseconds=1))}"
+)
 
 
 def parse_duration(text: str) -> timedelta:
     """Parse `7d`, `1h30m`... into a timedelta; raise ValueError naming the accepted form."""
     if not isinstance(text, str) or not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"{text!r} is not {DURATION_HINT}")
-    return sum((int(n) * _UNIT[u] for n, u in _PART.findall(text)), timedelta())
+    total = sum((int(n) * _UNIT[u] for n, u in _PART.findall(text)), timedelta())
+    if total > MAX_DURATION:
+        raise ValueError(f"{text!r} must be {MAX_DURATION_HINT}")
+    return total
 
 
 def format_duration(delta: timedelta) -> str:

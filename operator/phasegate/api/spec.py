@@ -17,7 +17,10 @@ from pydantic.alias_generators import to_camel
 from typing_extensions import Annotated
 
 from .durations import parse_duration
-from .types import Duration, Fraction, Money, Ratio
+from .types import Boolean, Duration, Fraction, Integer, Money, Ratio
+from .timezones import TIME_ZONES
+
+_TIME_ZONE_SET = frozenset(TIME_ZONES)
 
 
 class ApiModel(BaseModel):
@@ -81,15 +84,15 @@ class Gates(ApiModel):
     max_backtest_drawdown: Optional[Fraction] = Field(
         None, description="Backtest max drawdown must be < this (0.20 is 20%)."
     )
-    min_walk_forward_windows: Optional[int] = Field(None, ge=0, description="Walk-forward windows >= this.")
-    min_monte_carlo_runs: Optional[int] = Field(None, ge=0, description="Monte Carlo resamples >= this.")
+    min_walk_forward_windows: Optional[Integer] = Field(None, ge=0, description="Walk-forward windows >= this.")
+    min_monte_carlo_runs: Optional[Integer] = Field(None, ge=0, description="Monte Carlo resamples >= this.")
     # paper, shadow, live: read from the strategy's metrics over the phase window
     min_fill_rate: Optional[Fraction] = Field(None, description="Filled / submitted orders must be > this.")
-    no_breaker_trips: Optional[bool] = Field(None, description="No circuit breaker trip during the phase.")
+    no_breaker_trips: Optional[Boolean] = Field(None, description="No circuit breaker trip during the phase.")
     min_signal_alignment: Optional[Fraction] = Field(None, description="Shadow signal alignment >= this.")
     min_execution_quality: Optional[Fraction] = Field(None, description="Execution quality >= this.")
     max_mean_latency: Optional[Duration] = Field(None, description="Mean order latency < this, e.g. 500ms.")
-    no_critical_incident: Optional[bool] = Field(None, description="No critical breach during the phase.")
+    no_critical_incident: Optional[Boolean] = Field(None, description="No critical breach during the phase.")
     max_slippage_bps: Optional[Ratio] = Field(None, description="Mean slippage in basis points <= this.")
 
 
@@ -155,17 +158,21 @@ class RiskLimits(ApiModel):
 
 class TradingDay(ApiModel):
     start_time: str = Field("00:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM local time")
-    time_zone: str = Field("UTC", min_length=1, max_length=64, description="IANA time zone, e.g. America/New_York")
+    # One list for both validators (api/timezones.py): the CRD's enum and this check.
+    time_zone: str = Field(
+        "UTC",
+        description="IANA time zone, e.g. America/New_York",
+        json_schema_extra={"enum": list(TIME_ZONES)},
+    )
 
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"spec.tradingDay.timeZone: {value!r} is not an IANA time zone such as America/New_York") from exc
+        if value not in _TIME_ZONE_SET:
+            raise ValueError(
+                f"spec.tradingDay.timeZone: {value!r} is not an IANA time zone: "
+                "write a name such as America/New_York, Europe/London or UTC"
+            )
         return value
 
 
@@ -182,8 +189,29 @@ class PrometheusSource(ApiModel):
 
 
 class MetricsFailurePolicy(ApiModel):
-    pause_after: int = Field(3, ge=1, description="Consecutive failed reads before the strategy pauses.")
-    halt_after: int = Field(10, ge=1, description="Consecutive failed reads before the strategy halts.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.pauseAfter <= self.haltAfter",
+                    "message": "pauseAfter must be <= haltAfter (the strategy pauses before it halts): lower spec.analysis.metricsFailure.pauseAfter or raise haltAfter",
+                    "fieldPath": ".pauseAfter",
+                }
+            ]
+        }
+    )
+
+    pause_after: Integer = Field(3, ge=1, description="Consecutive failed reads before the strategy pauses.")
+    halt_after: Integer = Field(10, ge=1, description="Consecutive failed reads before the strategy halts.")
+
+    @model_validator(mode="after")
+    def _pause_before_halt(self) -> "MetricsFailurePolicy":
+        if self.pause_after > self.halt_after:
+            raise ValueError(
+                f"spec.analysis.metricsFailure.pauseAfter: {self.pause_after} must be <= haltAfter "
+                f"({self.halt_after}), the strategy pauses before it halts: lower pauseAfter or raise haltAfter"
+            )
+        return self
 
 
 class Analysis(ApiModel):
@@ -204,6 +232,13 @@ class Analysis(ApiModel):
     source: MetricsSourceType = MetricsSourceType.SCRAPE
     prometheus: Optional[PrometheusSource] = None
     metrics_failure: MetricsFailurePolicy = Field(default_factory=MetricsFailurePolicy)
+
+    @model_validator(mode="after")
+    def _prometheus_needs_address(self) -> "Analysis":
+        # the model's copy of this class's CEL rule
+        if self.source == MetricsSourceType.PROMETHEUS and self.prometheus is None:
+            raise ValueError("spec.analysis.prometheus: source: prometheus needs spec.analysis.prometheus.address")
+        return self
 
 
 class Emergency(ApiModel):
@@ -349,7 +384,7 @@ class StrategySpec(ApiModel):
     termination_grace_period: Duration = Field(
         "90s", description="SIGTERM to SIGKILL: stop orders, cancel pending orders, checkpoint, disconnect."
     )
-    history_limit: int = Field(50, ge=5, le=500, description="History entries kept in status.")
+    history_limit: Integer = Field(50, ge=5, le=500, description="History entries kept in status.")
 
     @model_validator(mode="after")
     def _check_ladder(self) -> "StrategySpec":

@@ -7,15 +7,19 @@ timezone-aware UTC.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
-from .durations import DURATION_HINT, DURATION_PATTERN, parse_duration
+from .durations import DURATION_BOUND_RULE, DURATION_HINT, DURATION_PATTERN, MAX_DURATION_HINT, parse_duration
 
+# Money is checked by this one pattern in both validators: the model (`_money`) and the CRD.
 MONEY_PATTERN = r"^[0-9]+(\.[0-9]+)?$"
+MONEY_MAX_LENGTH = 40
+MONEY_HINT = 'a decimal string such as "1000000" or "2500.50" (digits, an optional point and digits; quoted in YAML)'
 
 
 def to_decimal(value: Any, *, what: str = "value") -> Decimal:
@@ -36,22 +40,61 @@ def to_decimal(value: Any, *, what: str = "value") -> Decimal:
 
 
 def _money(value: Any) -> Decimal:
-    out = to_decimal(value)
-    if out < 0:
-        raise ValueError(f"{value!r} is negative: an amount of money here must be >= 0")
-    return out
+    # A manifest carries money as a string that the CRD's pattern accepts, and only that
+    # (the apiserver refuses a number, "1e6", "-0", " 100"); Python callers may pass a Decimal.
+    if isinstance(value, Decimal):
+        out = to_decimal(value)
+        if out < 0:
+            raise ValueError(f"{value!r} is negative: an amount of money here must be >= 0")
+        return out
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is a {type(value).__name__}: an amount of money is {MONEY_HINT}")
+    if len(value) > MONEY_MAX_LENGTH or not re.fullmatch(MONEY_PATTERN, value):
+        raise ValueError(f"{value!r} is not {MONEY_HINT}, at most {MONEY_MAX_LENGTH} characters")
+    return Decimal(value)
+
+
+def _number(value: Any, what: str) -> Decimal:
+    # A manifest number (the CRD's `type: number`): never a boolean. Strings are still
+    # accepted from Python callers and test helpers (maxFraction="0.5"); the apiserver
+    # refuses them in a manifest, the one known case where the model is the laxer.
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is a boolean: write {what}")
+    return to_decimal(value, what=what)
 
 
 def _fraction(value: Any) -> Decimal:
-    out = to_decimal(value)
+    out = _number(value, "a fraction such as 0.10 for 10%")
     if not (Decimal(0) <= out <= Decimal(1)):
         raise ValueError(f"{value} is outside [0, 1]: write a fraction such as 0.10 for 10%")
     return out
 
 
+def _ratio(value: Any) -> Decimal:
+    out = _number(value, "a number >= 0")
+    if out < 0:
+        raise ValueError(f"{value} is negative: write a number >= 0")
+    return out
+
+
+def _integer(value: Any) -> Any:
+    # The CRD's `type: integer`: a JSON integer (the apiserver also takes 3.0 as 3), never
+    # a string ("3") or a boolean, which pydantic's lax int would accept.
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise ValueError(f"{value!r} is not an integer: write a whole number such as 3, unquoted")
+    return value
+
+
+def _boolean(value: Any) -> Any:
+    # The CRD's `type: boolean`: true or false, never "yes", "1" or 1 (pydantic's lax bool).
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a boolean: write true or false, unquoted")
+    return value
+
+
 def _duration(value: str) -> str:
     if len(value) > 32:
-        raise ValueError("a duration is at most 32 characters")
+        raise ValueError(f"a duration is at most 32 characters: write {DURATION_HINT}")
     parse_duration(value)
     return value
 
@@ -69,8 +112,9 @@ def _format_time(value: datetime) -> str:
 Money = Annotated[
     Decimal,
     BeforeValidator(_money),
-    PlainSerializer(lambda d: str(d), return_type=str),
-    WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN}),
+    # fixed-point: str(Decimal("1E+6")) would be "1E+6", which the pattern refuses
+    PlainSerializer(lambda d: format(d, "f"), return_type=str),
+    WithJsonSchema({"type": "string", "maxLength": MONEY_MAX_LENGTH, "pattern": MONEY_PATTERN}),
 ]
 """An amount of money: a decimal string such as "1000000" or "2500.50"."""
 
@@ -84,7 +128,7 @@ Fraction = Annotated[
 
 Ratio = Annotated[
     Decimal,
-    BeforeValidator(to_decimal),
+    BeforeValidator(_ratio),
     PlainSerializer(lambda d: float(d), return_type=float),
     WithJsonSchema({"type": "number", "minimum": 0}),
 ]
@@ -98,6 +142,12 @@ DecimalString = Annotated[
 ]
 """A Decimal stored in status as a string, so no precision is lost on the way."""
 
+Integer = Annotated[int, BeforeValidator(_integer)]
+"""An int as the CRD's `type: integer` takes it: bounds go in Field(ge=..., le=...)."""
+
+Boolean = Annotated[bool, BeforeValidator(_boolean)]
+"""A bool as the CRD's `type: boolean` takes it: true or false only."""
+
 Duration = Annotated[
     str,
     AfterValidator(_duration),
@@ -109,7 +159,11 @@ Duration = Annotated[
                 {
                     "rule": f"self.matches('{DURATION_PATTERN}')",
                     "message": f"must be {DURATION_HINT}",
-                }
+                },
+                {
+                    "rule": f"!self.matches('{DURATION_PATTERN}') || {DURATION_BOUND_RULE}",
+                    "message": f"must be {MAX_DURATION_HINT}",
+                },
             ],
         }
     ),
