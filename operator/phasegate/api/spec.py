@@ -262,7 +262,14 @@ class StrategyTemplate(ApiModel):
                 {
                     "rule": "!has(self.env) || self.env.all(e, !e.name.startsWith('PHASEGATE_'))",
                     "message": "env names starting with PHASEGATE_ are set by the operator (mode, capital, fraction); remove them from spec.template.env",
-                }
+                },
+                {
+                    "rule": "!has(self.automountServiceAccountToken) || !self.automountServiceAccountToken"
+                    " || has(self.serviceAccountName)",
+                    "message": "automountServiceAccountToken: true needs spec.template.serviceAccountName:"
+                    " name the ServiceAccount whose token the strategy needs",
+                    "fieldPath": ".automountServiceAccountToken",
+                },
             ]
         }
     )
@@ -278,6 +285,85 @@ class StrategyTemplate(ApiModel):
     tolerations: Optional[K8sObjectList] = None
     service_account_name: Optional[str] = None
     metrics_port: int = Field(9100, ge=1, le=65535)
+    # Pod security (the `restricted` Pod Security Standard, always): these are the only
+    # knobs, and none of them can loosen what that profile forbids.
+    run_as_user: int = Field(
+        65532, json_schema_extra={"minimum": 1, "maximum": 2147483647},
+        description="UID the strategy runs as; never 0 (root). The pod always has runAsNonRoot: true.",
+    )
+    run_as_group: int = Field(
+        65532, json_schema_extra={"minimum": 1, "maximum": 2147483647}, description="Primary GID; never 0."
+    )
+    fs_group: int = Field(
+        65532, json_schema_extra={"minimum": 1, "maximum": 2147483647},
+        description="GID owning the pod's volumes (checkpoints, /tmp); never 0.",
+    )
+    read_only_root_filesystem: bool = Field(
+        True, description="false: the image's filesystem is writable (checkpoints and /tmp are volumes either way)."
+    )
+    automount_service_account_token: bool = Field(
+        False, description="true: mount the token of serviceAccountName (required) for a strategy that calls the API."
+    )
+
+    @field_validator("run_as_user", "run_as_group", "fs_group")
+    @classmethod
+    def _not_root(cls, value: int, info: Any) -> int:
+        name = to_camel(info.field_name)
+        if not 1 <= value <= 2147483647:
+            raise ValueError(
+                f"spec.template.{name}: {value} is not allowed: use an id from 1 to 2147483647, such as 65532 "
+                "(0 is root, which the restricted Pod Security profile forbids)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _token_needs_account(self) -> StrategyTemplate:
+        if self.automount_service_account_token and not self.service_account_name:
+            raise ValueError(
+                "spec.template.automountServiceAccountToken: true needs spec.template.serviceAccountName"
+            )
+        return self
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: str = Field(..., min_length=1, max_length=317)
+    operator: str = Field(..., pattern=r"^(In|NotIn|Exists|DoesNotExist)$")
+    values: Optional[list[str]] = None
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector. Empty ({}) selects everything."""
+
+    match_labels: Optional[dict[str, str]] = None
+    match_expressions: Optional[list[LabelSelectorRequirement]] = None
+
+
+def _operator_namespaces() -> LabelSelector:
+    return LabelSelector(match_labels={"kubernetes.io/metadata.name": "phasegate-system"})
+
+
+def _operator_pods() -> LabelSelector:
+    return LabelSelector(match_labels={"app.kubernetes.io/name": "phasegate", "app.kubernetes.io/component": "operator"})
+
+
+class NetworkPolicySpec(ApiModel):
+    """An ingress NetworkPolicy for the strategy's pods: the metrics port, from the operator
+    (and Prometheus, when its selectors are given) only; every other ingress is refused.
+    Egress is not restricted (the broker's address is the strategy's business)."""
+
+    enabled: bool = Field(False, description="Create the NetworkPolicy.")
+    operator_namespace_selector: LabelSelector = Field(
+        default_factory=_operator_namespaces, description="Namespaces of the operator (the chart's release namespace)."
+    )
+    operator_pod_selector: LabelSelector = Field(
+        default_factory=_operator_pods, description="The operator's pods (the chart's pod labels)."
+    )
+    prometheus_namespace_selector: Optional[LabelSelector] = Field(
+        None, description="Namespaces of a Prometheus that scrapes the strategy. Unset, with no pod selector: none."
+    )
+    prometheus_pod_selector: Optional[LabelSelector] = Field(
+        None, description="Prometheus pods (in the strategy's own namespace when no namespace selector is given)."
+    )
 
 
 def _default_phases() -> list["Phase"]:
@@ -381,6 +467,9 @@ class StrategySpec(ApiModel):
     trading_day: TradingDay = Field(default_factory=TradingDay)
     analysis: Analysis = Field(default_factory=Analysis)
     emergency: Emergency = Field(default_factory=Emergency)
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec, description="An ingress NetworkPolicy for the strategy's pods (off by default)."
+    )
     termination_grace_period: Duration = Field(
         "90s", description="SIGTERM to SIGKILL: stop orders, cancel pending orders, checkpoint, disconnect."
     )

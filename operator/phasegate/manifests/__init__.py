@@ -1,4 +1,4 @@
-"""Layer 3: pure builders of the child objects (StatefulSet, Service, Jobs).
+"""Layer 3: pure builders of the child objects (StatefulSet, Service, Jobs, NetworkPolicy).
 
 Inputs are the spec, the status the policy decided and the owner's identity; outputs
 are plain dicts ready for the apiserver. Nothing here reads a Secret: credentials
@@ -9,46 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Optional
 
 from phasegate.api import ABSORBING_STATES, Mode, State, StrategySpec, StrategyStatus, contract
 
+from . import security
+from .meta import Owner, labels
+from .meta import metadata as _metadata
+from .network import network_policy
 
-@dataclass(frozen=True)
-class Owner:
-    name: str
-    namespace: str
-    uid: str
-
-    def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": contract.API_VERSION,
-            "kind": contract.KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-
-
-def labels(owner: Owner, component: str) -> dict[str, str]:
-    return {
-        contract.LABEL_STRATEGY: owner.name,
-        contract.LABEL_COMPONENT: component,
-        contract.LABEL_MANAGED_BY: contract.MANAGED_BY,
-        "app.kubernetes.io/name": owner.name,
-    }
-
-
-def _metadata(owner: Owner, name: str, component: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": owner.namespace,
-        "labels": labels(owner, component),
-        "ownerReferences": [owner.reference()],
-    }
+__all__ = [
+    "Owner", "backtest_job", "backtest_job_name", "flatten_job", "flatten_job_name", "labels",
+    "network_policy", "pod_environment", "security", "service", "should_run", "statefulset", "template_hash",
+]
 
 
 def should_run(spec: StrategySpec, status: StrategyStatus) -> bool:
@@ -98,7 +72,8 @@ def _container(spec: StrategySpec, env: list[dict[str, Any]], with_probe: bool =
         "ports": [{"name": contract.METRICS_PORT_NAME, "containerPort": t.metrics_port, "protocol": "TCP"}],
         "terminationMessagePath": contract.DEFAULT_TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": "checkpoints", "mountPath": contract.DEFAULT_CHECKPOINT_DIR}],
+        "volumeMounts": security.volume_mounts(),
+        "securityContext": security.container_security_context(t),
     }
     if with_probe:
         # Ready means the metrics endpoint answers: the operator grades nothing before that.
@@ -126,7 +101,9 @@ def _pod_spec(spec: StrategySpec, container: dict[str, Any], restart: str) -> di
         "containers": [container],
         "restartPolicy": restart,
         "terminationGracePeriodSeconds": int(spec.grace_period.total_seconds()),
-        "volumes": [{"name": "checkpoints", "emptyDir": {}}],
+        "securityContext": security.pod_security_context(t),
+        "automountServiceAccountToken": security.automount_token(t),
+        "volumes": security.volumes(),
     }
     if t.node_selector:
         pod["nodeSelector"] = t.node_selector
@@ -179,7 +156,9 @@ def service(owner: Owner, spec: StrategySpec) -> dict[str, Any]:
 
 def template_hash(spec: StrategySpec) -> str:
     """Changes when the strategy's code or config changes, so a new backtest runs."""
-    body = json.dumps(spec.template.wire(), sort_keys=True) + json.dumps([p.wire() for p in spec.phases if p.mode is Mode.BACKTEST], sort_keys=True)
+    template = {k: v for k, v in spec.template.wire().items() if k not in security.SECURITY_FIELDS}
+    backtests = [p.wire() for p in spec.phases if p.mode is Mode.BACKTEST]
+    body = json.dumps(template, sort_keys=True) + json.dumps(backtests, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:8]
 
 
@@ -187,7 +166,9 @@ def backtest_job_name(owner: Owner, spec: StrategySpec) -> str:
     return f"{owner.name}-backtest-{template_hash(spec)}"
 
 
-def _job(spec: StrategySpec, status: StrategyStatus, owner: Owner, name: str, component: str, mode: str, deadline_s: int) -> dict[str, Any]:
+def _job(
+    spec: StrategySpec, status: StrategyStatus, owner: Owner, name: str, component: str, mode: str, deadline_s: int
+) -> dict[str, Any]:
     env = pod_environment(spec, status, owner.name, mode=mode)
     return {
         "apiVersion": "batch/v1",
