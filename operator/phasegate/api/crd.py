@@ -12,6 +12,7 @@ from typing import Annotated, Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
 from . import contract
 from .spec import StrategySpec
@@ -67,10 +68,11 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
-def _schema(model: type, mode: str) -> dict[str, Any]:
+def _schema(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode=mode)
     defs = raw.pop("$defs", {})
-    return _resolve(raw, defs)
+    resolved: dict[str, Any] = _resolve(raw, defs)
+    return resolved
 
 
 def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
@@ -94,7 +96,8 @@ def _add_factory_defaults(model: type[BaseModel], node: dict[str, Any]) -> None:
         if prop is None:
             continue
         if field.default_factory is not None:
-            value = field.default_factory()
+            assert field.annotation is not None, name
+            value = field.get_default(call_default_factory=True)
             prop["default"] = TypeAdapter(field.annotation).dump_python(
                 value, mode="json", by_alias=True, exclude_none=True
             )
