@@ -8,7 +8,7 @@ timezone-aware UTC.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
@@ -102,11 +102,11 @@ def _duration(value: str) -> str:
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("a time needs a timezone; phasegate stores times in UTC (suffix Z)")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def _format_time(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
 
 
 Money = Annotated[

@@ -5,7 +5,7 @@ JSON types, and the CEL rules' twins in the model."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -15,8 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from phasegate.api import StrategySpec, parse_duration
-from phasegate.api import gen_timezones
+from phasegate.api import StrategySpec, gen_timezones, parse_duration
 from phasegate.api.crd import openapi_schema
 from phasegate.api.durations import DURATION_BOUND_RULE, DURATION_PATTERN, MAX_DURATION
 from phasegate.api.timezones import IANA_VERSION, TIME_ZONES
@@ -62,7 +61,9 @@ def test_crd_enum_is_exactly_the_models_set():
     assert tz["enum"] == list(TIME_ZONES) and tz["type"] == "string"
 
 
-@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "posix/UTC", "right/UTC", "localtime", "Factory", "utc", "", "America/../UTC"])
+@pytest.mark.parametrize(
+    "zone", ["Mars/Olympus_Mons", "posix/UTC", "right/UTC", "localtime", "Factory", "utc", "", "America/../UTC"]
+)
 def test_names_outside_the_list_are_refused(zone):
     refused({"tradingDay": {"timeZone": zone}}, "timeZone", "America/New_York")
 
@@ -117,14 +118,16 @@ def test_cel_bound_agrees_with_the_model(parts):
         ok = False
     assert _cel_bound(text) == ok
     if ok:  # and an accepted duration never overflows the operator's arithmetic
-        datetime(9000, 1, 1, tzinfo=timezone.utc) + parse_duration(text)
+        datetime(9000, 1, 1, tzinfo=UTC) + parse_duration(text)
         parse_duration(text) * 2 + timedelta(days=1)
 
 
 # --- money, numbers, JSON types ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["1e6", "-0", "-5", " 100", "100 ", "1_000", "+5", ".5", "5.", "NaN", "Infinity", "1" * 41, 1000000, 2.5, True])
+@pytest.mark.parametrize(
+    "bad", ["1e6", "-0", "-5", " 100", "100 ", "1_000", "+5", ".5", "5.", "NaN", "Infinity", "1" * 41, 1000000, 2.5, True]
+)
 def test_money_takes_the_crds_pattern_only(bad):
     refused({"capital": bad}, "capital")
 
