@@ -71,9 +71,11 @@ run: venv ## Run the operator locally against the current KUBECONFIG.
 
 .PHONY: lint
 lint: venv ## Ruff, mypy (phasegate.api and phasegate.policy) and the import-layer contracts (lint-imports).
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
+	@rc=0; \
+	echo "[lint] ruff check ." >&2; $(VENV)/bin/ruff check . || rc=1; \
+	echo "[lint] mypy" >&2; $(VENV)/bin/mypy || rc=1; \
+	echo "[lint] lint-imports" >&2; $(VENV)/bin/lint-imports || rc=1; \
+	exit $$rc
 
 .PHONY: test
 test: venv binaries prometheus lint ## Lint, then the whole suite: unit, property and end-to-end against a real control plane.
