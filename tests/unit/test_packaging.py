@@ -232,6 +232,7 @@ def test_rbac_is_least_privilege():
         ("apps", "statefulsets"): write,
         ("batch", "jobs"): write,
         ("", "services"): write,
+        ("networking.k8s.io", "networkpolicies"): write,
         ("", "pods"): {"get", "list", "watch"},
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
@@ -534,6 +535,14 @@ def test_helm_template_renders_the_expected_objects(values: str):
     expected_tail = {"namespaced": ["--namespace", "trading"], "everything": ["--verbose"]}
     assert argv[6:] == expected_tail.get(values, [])
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # the operator's own NetworkPolicy: its metrics port (metrics, Alertmanager receiver) only
+    (np,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert np["spec"]["podSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = np["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule["from"]] == ["prometheus", "alertmanager"]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 8080, "health": 8081}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
