@@ -60,6 +60,12 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "phasegate"
 ANNOTATION_PHASE = "phasegate.dev/phase"
 ANNOTATION_REQUEST = "phasegate.dev/request"  # a manual action, JSON, written by the CLI
+# On the strategy pod: which book it trades and with what capital, so that a read from a
+# pod still running the previous rung is graded against its own book (flows).
+ANNOTATION_MODE = "phasegate.dev/mode"
+ANNOTATION_CAPITAL = "phasegate.dev/capital"
+# On the StatefulSet: the digest of the decision it was applied for (policy.desired).
+ANNOTATION_DESIRED_KEY = "phasegate.dev/desired-key"
 
 # The node of the local process runtime (tests and demo): pods that tolerate this
 # taint run as real local processes.

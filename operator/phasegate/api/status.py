@@ -14,7 +14,7 @@ from typing import Optional
 
 from pydantic import ConfigDict, Field
 
-from .spec import Action, ApiModel
+from .spec import Action, ApiModel, K8sObject
 from .types import DecimalString, UtcTime
 
 
@@ -39,7 +39,66 @@ class ConditionType(str, Enum):
     RISK_LIMIT_BREACHED = "RiskLimitBreached"
     CIRCUIT_BREAKER_TRIPPED = "CircuitBreakerTripped"
     METRICS_AVAILABLE = "MetricsAvailable"
+    RISK_GUARDED = "RiskGuarded"
+    ACTUATED = "Actuated"
+    SPEC_INVALID = "SpecInvalid"
     HALTED = "Halted"
+
+
+class HoldKind(str, Enum):
+    """Why a strategy is not free to trade or to climb. Each kind has one owner and one way out."""
+
+    MANUAL_PAUSE = "ManualPause"  # a person: `pause`; out by `resume`
+    RISK_PAUSE = "RiskPause"  # a pause/reduce limit: out by `resume` once the limit is back in bounds
+    METRICS_PAUSE = "MetricsPause"  # metricsFailure.pauseAfter: out by `resume` once every limit is checked
+    APPROVAL_WAIT = "ApprovalWait"  # a manual phase: out by `promote`, void when its phase visit ends
+    HALT = "Halt"  # a halt limit, a breaker, a person: out only by `reset` naming it
+    EMERGENCY = "Emergency"  # the emergency sequence: out only by `reset` naming it, once finished
+    SPEC_INVALID = "SpecInvalid"  # the operator cannot read the spec: out when it can again
+    FAILED = "Failed"  # the phase failed (a backtest): out by a new spec generation
+
+
+# Holds that stop the strategy pod (safety rule 3: only a reset lifts them).
+STOPPING_HOLDS = frozenset({HoldKind.HALT, HoldKind.EMERGENCY})
+# Holds that keep the ladder where it is.
+PAUSING_HOLDS = frozenset({HoldKind.MANUAL_PAUSE, HoldKind.RISK_PAUSE, HoldKind.METRICS_PAUSE, HoldKind.SPEC_INVALID})
+
+
+class Cause(str, Enum):
+    """What made the operator act, as history, Events and holds tell it."""
+
+    METRICS_ERROR = "MetricsError"
+    RISK_LIMIT_BREACHED = "RiskLimitBreached"
+    CIRCUIT_BREAKER_TRIPPED = "CircuitBreakerTripped"
+    MANUAL = "Manual"
+    SPEC = "Spec"
+    BACKTEST = "Backtest"
+
+
+class Transition(str, Enum):
+    """The actions recorded in history."""
+
+    START = "start"
+    ADVANCE = "advance"
+    COMPLETE = "complete"
+    PAUSE = "pause"
+    RESUME = "resume"
+    REDUCE = "reduce"
+    HALT = "halt"
+    RESET = "reset"
+    APPROVE = "approve"
+    EMERGENCY = "emergency"
+    EMERGENCY_COMPLETE = "emergency-complete"
+    FAIL = "fail"
+    RETRY = "retry"
+    SPEC_INVALID = "spec-invalid"
+    SPEC_VALID = "spec-valid"
+    NEW_BOOK = "new-book"
+
+
+class RequestOutcome(str, Enum):
+    ACCEPTED = "Accepted"
+    REJECTED = "Rejected"
 
 
 class Condition(ApiModel):
@@ -80,18 +139,33 @@ class BreakerStatus(ApiModel):
     reason: str = ""
 
 
+class Hold(ApiModel):
+    """One reason the strategy is held; `state` is derived from the list of these."""
+
+    kind: HoldKind
+    id: str = Field(..., min_length=1, description="What a reset names: the history seq (#17) or the emergency id.")
+    seq: int = Field(0, ge=0, description="History seq of the entry that recorded the hold.")
+    source: str = Field("", description="The limit, breaker or request behind it: maxDrawdown, metricsUnavailable, manual...")
+    cause: Optional[Cause] = None
+    reason: str = ""
+    since: UtcTime
+    by: str = "operator"
+    visit: int = Field(0, ge=0, description="The phase visit it belongs to (status.visit when it was set).")
+    value: Optional[DecimalString] = None
+    limit: Optional[DecimalString] = None
+    severity: Optional[Severity] = None
+
+
 class HistoryEntry(ApiModel):
     seq: int = Field(..., ge=1)
     at: UtcTime
-    action: str = Field(..., description="advance, pause, resume, reduce, halt, reset, promote, complete, ...")
+    action: Transition
     from_: str = Field("", alias="from")
     to: str = ""
     fraction: Optional[DecimalString] = None
     reason: str
     by: str = Field(..., description="operator, or the user who ran the command")
-    cause: Optional[str] = Field(
-        None, description="What made the operator act: RiskLimitBreached, CircuitBreakerTripped, MetricsError, Manual"
-    )
+    cause: Optional[Cause] = None
 
 
 class RequestRecord(ApiModel):
@@ -99,19 +173,41 @@ class RequestRecord(ApiModel):
 
     id: str
     action: str
-    outcome: str = Field(..., pattern=r"^(Accepted|Rejected)$")
+    outcome: RequestOutcome
     message: str = ""
     by: str = ""
     at: UtcTime
 
 
+class Book(ApiModel):
+    """The flow-adjusted return series of one book (live, or paper for paper and shadow).
+
+    `index` is the book's growth since the series began with every capital change the
+    operator made taken out: a rung change moves the capital, not the index. Drawdown
+    and daily loss are read off the index, so they continue across rung changes.
+    """
+
+    name: str
+    started_at: UtcTime
+    index: DecimalString = Decimal(1)
+    high_water_mark: DecimalString = Decimal(1)
+    day_open: DecimalString = Decimal(1)
+    trading_day: Optional[date] = None
+    last_value: Optional[DecimalString] = None
+    last_capital: Optional[DecimalString] = None
+
+
 class RiskState(ApiModel):
     """What the operator's own risk arithmetic must remember across restarts."""
 
-    high_water_mark: Optional[DecimalString] = None
-    day_open_value: Optional[DecimalString] = None
-    trading_day: Optional[date] = None
-    last_value: Optional[DecimalString] = None
+    book: Optional[Book] = None
+    # Consecutive evaluations each configured limit could not be checked (fail closed).
+    limit_failures: dict[str, int] = Field(default_factory=dict)
+    # Limits not checked at the last evaluation, with why.
+    unchecked: list[str] = Field(default_factory=list)
+    # Limits in breach at the last evaluation: what `resume` looks at.
+    breaching: list[str] = Field(default_factory=list)
+
     last_sample_at: Optional[UtcTime] = None
     # counters seen at the last sample, for rates with counter resets handled
     counters: dict[str, DecimalString] = Field(default_factory=dict)
@@ -141,6 +237,7 @@ class MetricsHealth(ApiModel):
     last_error: str = ""
     last_success_at: Optional[UtcTime] = None
     last_attempt_at: Optional[UtcTime] = None
+    last_read_id: str = Field("", description="Id of the last read folded in: a read counts once.")
 
 
 class GateResult(ApiModel):
@@ -189,18 +286,29 @@ class StrategyStatus(ApiModel):
     capital_fraction: DecimalString = Decimal(0)
     capital: Optional[DecimalString] = None
     phase_started_at: Optional[UtcTime] = None
-    approved_phase: Optional[str] = Field(None, description="A manual phase approved by promote.")
+    visit: int = Field(0, ge=0, description="Phase visits so far; a reset or a reduce starts a new one.")
+    # The latest time a decision has seen: decisions never see time go backwards, so a
+    # clock stepped back neither shortens a phase nor re-arms a window.
+    clock: Optional[UtcTime] = None
+    holds: list[Hold] = Field(default_factory=list)
     message: str = ""
     conditions: list[Condition] = Field(default_factory=list)
     breakers: dict[str, BreakerStatus] = Field(default_factory=dict)
     history: list[HistoryEntry] = Field(default_factory=list)
     history_seq: int = Field(0, description="Seq of the newest history entry, ever.")
     last_request: Optional[RequestRecord] = None
+    answered: list[str] = Field(default_factory=list, description="Ids of the last requests answered, newest last.")
+    events_posted_seq: int = Field(0, description="Seq of the newest history entry whose Event was posted.")
+    spec_generation: Optional[int] = Field(None, description="Generation of last_readable_spec.")
+    last_readable_spec: Optional[K8sObject] = Field(None, description="The last spec the operator could read: it guards with it while a newer one cannot be read.")
     risk: RiskState = Field(default_factory=RiskState)
     metrics: MetricsHealth = Field(default_factory=MetricsHealth)
     gates: list[GateResult] = Field(default_factory=list)
     backtest: Optional[BacktestResult] = None
     emergency: Optional[EmergencyRecord] = None
+
+    def holds_of(self, *kinds: HoldKind) -> list[Hold]:
+        return [h for h in self.holds if h.kind in kinds]
 
     def condition(self, ctype: ConditionType | str) -> Optional[Condition]:
         key = ctype.value if isinstance(ctype, ConditionType) else ctype

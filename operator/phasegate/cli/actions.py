@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Optional
 
-from phasegate.api import contract
-from phasegate.api.status import RequestRecord
+from phasegate.api import StrategySpec, contract
+from phasegate.api.status import RequestOutcome, RequestRecord
+from phasegate.policy.holds import newest_stopping
 from phasegate.policy.requests import SEVERITIES, Request, Verb, refusal
 
 from .errors import NO_ANSWER, OK, REFUSED, CliError
@@ -61,15 +62,33 @@ def _refused(verb: Verb, s: Strategy, why: str) -> CliError:
     return CliError(f"cannot {verb.value} {s.namespace}/{s.name}: {why}", REFUSED)
 
 
-def check(verb: Verb, s: Strategy, force: bool = False) -> None:
+def last_readable_spec(s: Strategy) -> Optional[StrategySpec]:
+    try:
+        return StrategySpec.model_validate(s.status.last_readable_spec) if s.status.last_readable_spec else None
+    except ValueError:
+        return None
+
+
+def reset_target(s: Strategy) -> Optional[str]:
+    """The halt a reset lifts when the user names none: the newest in force, as status shows it."""
+    newest = newest_stopping(s.status.holds)
+    return newest.id if newest is not None else None
+
+
+def check(verb: Verb, s: Strategy, force: bool = False, req: Optional[Request] = None) -> None:
     """Raise CliError when `verb` is not allowed on this object now."""
-    if s.spec is None:
+    spec = s.spec
+    if spec is None and verb in (Verb.HALT, Verb.RESET, Verb.EMERGENCY):
+        # The kill switches work on a spec the operator cannot read: it guards with the last
+        # one it could, and so does this check.
+        spec = last_readable_spec(s)
+    if spec is None:
         raise CliError(
             f"cannot {verb.value} {s.namespace}/{s.name}: its spec does not parse ({s.spec_error}); "
             "fix the manifest and apply it again",
             REFUSED,
         )
-    why = refusal(s.spec, s.status, verb)
+    why = refusal(spec, s.status, req if req is not None else verb)
     if why:
         raise _refused(verb, s, why)
     p = s.pending
@@ -92,16 +111,19 @@ def submit(
     severity: Optional[str] = None,
     force: bool = False,
     now: Callable[[], datetime] = utcnow,
+    target: Optional[str] = None,
     make_id: Callable[[], str] = new_id,
 ) -> Request:
     """Check and write one request; returns it once it is stored on the object."""
     reason = check_reason(reason)
     if verb is Verb.EMERGENCY:
         severity = check_severity(severity)
-    req = Request(id=make_id(), verb=verb, reason=reason, by=by, at=now(), severity=severity)
+    rid, at = make_id(), now()
     for _ in range(CONFLICT_RETRIES):
         s = Strategy.from_obj(kube.get_strategy(namespace, name))
-        check(verb, s, force)
+        aim = target if target or verb is not Verb.RESET else reset_target(s)
+        req = Request(id=rid, verb=verb, reason=reason, by=by, at=at, severity=severity, target=aim)
+        check(verb, s, force, req)
         patch = {
             "metadata": {
                 "resourceVersion": s.resource_version,
@@ -154,7 +176,7 @@ def wait(
         s = Strategy.from_obj(kube.get_strategy(namespace, name))
         last = s.status.last_request
         if last is not None and last.id == req.id:
-            if last.outcome == "Accepted":
+            if last.outcome is RequestOutcome.ACCEPTED:
                 detail = f": {last.message}" if last.message else ""
                 return Answer(OK, last, f"{req.verb.value} accepted by the operator{detail}")
             return Answer(

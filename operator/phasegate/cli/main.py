@@ -254,6 +254,7 @@ def _act(
     no_wait: bool,
     force: bool = False,
     severity: Optional[str] = None,
+    target: Optional[str] = None,
 ) -> None:
     reason = actions.check_reason(reason)  # before any cluster call
     k, ns = _session(ctx, namespace, kubeconfig, context)
@@ -282,10 +283,10 @@ def _act(
         if write_error is not None or req is None:
             raise write_error or CliError("the halt request was not written", REFUSED)
     else:
-        req = actions.submit(k, ns, name, verb, reason, by, severity=severity, force=force)
+        req = actions.submit(k, ns, name, verb, reason, by, severity=severity, force=force, target=target)
     out.print(
         f"{verb.value} request {req.id[:8]} written on {ns}/{name} "
-        f"({contract.ANNOTATION_REQUEST}) by {by}: {reason!r}"
+        f"({contract.ANNOTATION_REQUEST}) by {by}: {reason!r}" + (f", lifting halt {req.target}" if req.target else "")
     )
     if no_wait:
         return
@@ -364,9 +365,15 @@ def reset(
     ctx: typer.Context, name: _NAME, reason: ReasonOpt,
     timeout: TimeoutOpt = 30.0, no_wait: NoWaitOpt = False, force: ForceOpt = False,
     namespace: NamespaceOpt = None, kubeconfig: KubeconfigOpt = None, context: ContextOpt = None,
+    halt_id: Annotated[
+        Optional[str],
+        typer.Option("--halt", help="The halt it lifts (#17, or an emergency id); default: the newest, as `phasegate status` shows it.",
+                     show_default=False),
+    ] = None,
 ) -> None:
-    """Re-enable a halted strategy (never automatic)."""
-    _act(ctx, Verb.RESET, name, reason, namespace, kubeconfig, context, timeout, no_wait, force)
+    """Re-enable a halted strategy (never automatic). The reset names the halt it lifts, so a
+    halt that came after you looked is never lifted by it."""
+    _act(ctx, Verb.RESET, name, reason, namespace, kubeconfig, context, timeout, no_wait, force, target=halt_id)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from phasegate.api import BreakerState, State, StrategySpec, StrategyStatus
+from phasegate.api.status import HoldKind, RequestOutcome
 
 from .model import Strategy, parse_time
 
@@ -139,6 +140,8 @@ def render_status(obj: dict[str, Any], now: datetime) -> RenderableType:
     if s.has_status:
         parts.append(_gates(s.spec, st))
         parts.append(_breakers(st, now))
+    if st.holds:
+        parts.append(_holds(st, now))
     if st.conditions:
         parts.append(_conditions(st, now))
     if st.backtest is not None:
@@ -215,7 +218,8 @@ def _marker(i: int, phase: Any, spec: StrategySpec, st: StrategyStatus, now: dat
         if elapsed is not None and minimum and elapsed >= minimum:
             out.append(" ✓", style="green")
         if phase.approval.value == "manual":
-            if st.approved_phase == phase.name:
+            waiting = any(h.kind is HoldKind.APPROVAL_WAIT and h.visit == st.visit for h in st.holds)
+            if not waiting:
                 out.append("  approved", style="green")
             elif st.state is State.PROGRESSING:
                 out.append("  needs `phasegate promote`", style="yellow")
@@ -342,11 +346,33 @@ def _emergency(st: StrategyStatus, now: datetime) -> RenderableType:
     return Panel(Group(*body), title=f"Emergency {e.id[:8]}", title_align="left", border_style="red")
 
 
+def _holds(st: StrategyStatus, now: datetime) -> RenderableType:
+    """What holds the strategy, and the one way out of each."""
+    way_out = {
+        HoldKind.MANUAL_PAUSE: "phasegate resume",
+        HoldKind.RISK_PAUSE: "phasegate resume, once the limit is back in bounds",
+        HoldKind.METRICS_PAUSE: "phasegate resume, once every limit is checked",
+        HoldKind.APPROVAL_WAIT: "phasegate promote",
+        HoldKind.HALT: "phasegate reset --halt ID",
+        HoldKind.EMERGENCY: "phasegate reset --halt ID, once the sequence finished",
+        HoldKind.SPEC_INVALID: "fix the spec (kubectl apply)",
+        HoldKind.FAILED: "fix the spec: a new generation retries",
+    }
+    t = Table(title="Holds", title_justify="left", title_style="bold", expand=False)
+    for col in ("id", "kind", "source", "since", "by", "way out", "reason"):
+        t.add_column(col)
+    for h in sorted(st.holds, key=lambda h: h.seq):
+        stopping = h.kind in (HoldKind.HALT, HoldKind.EMERGENCY)
+        t.add_row(h.id, Text(h.kind.value, style="bold red" if stopping else "yellow"), h.source, ago(h.since, now),
+                  h.by, way_out.get(h.kind, ""), h.reason)
+    return t
+
+
 def _requests(s: Strategy, now: datetime) -> Optional[RenderableType]:
     lines: list[Text] = []
     last = s.status.last_request
     if last is not None:
-        style = "green" if last.outcome == "Accepted" else "red"
+        style = "green" if last.outcome is RequestOutcome.ACCEPTED else "red"
         lines.append(
             Text.assemble(
                 ("Last request ", "bold"), f"{last.action} by {last.by or '?'} {ago(last.at, now)}: ",

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import kopf
 
 from phasegate.api import StrategySpec, contract
+from phasegate.api.observations import Observation
 
 from . import telemetry
 from .kube import Conflict
@@ -27,10 +28,10 @@ CHILD_LABELS = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
 
 @dataclass
 class Loop:
-    """What the watch handlers share with one strategy's loop."""
+    """What the watch handlers share with one strategy's loop: only a wake-up. Whether the
+    children need writing is decided on every pass from what is observed, never remembered."""
 
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    force_apply: bool = True  # the first pass after (re)start re-applies children
 
 
 LOOPS: dict[tuple[str, str], Loop] = {}
@@ -41,10 +42,8 @@ def loop_for(namespace: str, name: str) -> Loop:
     return LOOPS.setdefault((namespace, name), Loop())
 
 
-def wake(namespace: str, name: str, *, force_apply: bool = False) -> None:
-    loop = loop_for(namespace, name)
-    loop.force_apply = loop.force_apply or force_apply
-    loop.wake.set()
+def wake(namespace: str, name: str) -> None:
+    loop_for(namespace, name).wake.set()
 
 
 def _interval(spec: Optional[StrategySpec], body: Any) -> float:
@@ -72,7 +71,7 @@ async def child_changed(namespace: str, labels: dict[str, str], **_: Any) -> Non
     """Someone scaled or edited our StatefulSet: put it back as the status says (a halt stays a halt)."""
     owner = labels.get(contract.LABEL_STRATEGY)
     if owner and (namespace, owner) in LOOPS:
-        wake(namespace, owner, force_apply=True)
+        wake(namespace, owner)
 
 
 @kopf.daemon(**STRATEGY, cancellation_timeout=10.0)
@@ -80,8 +79,6 @@ async def strategy_loop(body: kopf.Body, namespace: str, name: str, stopped: kop
     assert RECONCILER is not None, "phasegate.controller.main sets the reconciler at start-up"
     aio = asyncio.get_running_loop()
     me = loop_for(namespace, name)
-    me.force_apply = True
-    first = True
     next_tick = aio.time()
     log = telemetry.log_for(namespace, name)
     log.info("watching strategy")
@@ -95,37 +92,37 @@ async def strategy_loop(body: kopf.Body, namespace: str, name: str, stopped: kop
             if stopped:
                 break
             tick = aio.time() >= next_tick
-            apply, me.force_apply = me.force_apply, False
             current: Optional[dict[str, Any]] = _plain(body)
             spec: Optional[StrategySpec] = None
+            carry: Optional[Observation] = None
+            failed = False
             for attempt in range(5):
                 try:
-                    spec = await RECONCILER.reconcile(
-                        current,
-                        trigger="interval" if tick else "event",
-                        read_metrics=tick and attempt == 0,  # a retry decides again, it does not read again
-                        apply_children=apply,
-                        replay_events=first,
+                    spec, _ = await RECONCILER.reconcile(
+                        current, trigger="interval" if tick else "event", read_metrics=tick, carry=carry,
                     )
-                    first = False
                     break
-                except Conflict:
-                    # Someone wrote status after our read (a breaker condition, say):
-                    # decide again on what is there now, never on what we read before.
+                except Conflict as exc:
+                    # Someone wrote status after our read (a breaker condition, a request):
+                    # decide again on what is there now, with the metrics already read, so a
+                    # breach seen in this pass is never dropped.
                     telemetry.STATUS_CONFLICTS.inc()
+                    carry = getattr(exc, "observation", None)
                     current = await RECONCILER.kube.get_strategy(namespace, name)
                     if current is None:
                         return
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # keep the loop alive; the next pass retries
+                except Exception as exc:  # keep the loop alive; the next pass compares and repairs
                     telemetry.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
                     log.exception("reconcile failed", error=str(exc))
-                    me.force_apply = me.force_apply or apply
                     await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+                    failed = True
                     break
             if tick:
                 next_tick = aio.time() + _interval(spec, body)
+            if failed:
+                next_tick = min(next_tick, aio.time() + 1.0)  # a failed write is repaired soon, not next interval
     finally:
         LOOPS.pop((namespace, name), None)
         log.info("stopped watching strategy")

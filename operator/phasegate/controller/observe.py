@@ -4,16 +4,26 @@ the strategy's metrics. Reads only; every decision is left to phasegate.policy."
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+import uuid
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
 
-from phasegate.api import ABSORBING_STATES, Mode, StrategySpec, StrategyStatus, contract
+from phasegate.api import Mode, StrategySpec, StrategyStatus, contract
+from phasegate.api.observations import (
+    BacktestObservation,
+    ChildrenObservation,
+    EmergencyObservation,
+    MetricsUnavailable,
+    Observation,
+    PodRead,
+)
+from phasegate.api.requests import BadRequest, Request
+from phasegate.api.status import STOPPING_HOLDS
 from phasegate.manifests import Owner, backtest_job_name, flatten_job_name
-from phasegate.policy.emergency import EmergencyObservation, flatten_wanted
-from phasegate.metrics.snapshot import MetricsUnavailable
 from phasegate.metrics.source import MetricsSource, ScrapeTarget
-from phasegate.policy.requests import BadRequest, Request
-from phasegate.policy.rollout import BacktestObservation, Observation
+from phasegate.policy.emergency import flatten_wanted
+from phasegate.policy.timing import startup_grace
 
 from .kube import Kube
 
@@ -30,11 +40,6 @@ def read_request(annotations: dict[str, str]) -> dict[str, Any]:
         except (ValueError, AttributeError):
             rid = None
         return {"request_error": str(exc), "request_id": rid or f"unreadable:{hash(text) & 0xFFFFFFFF:x}"}
-
-
-def startup_grace(spec: StrategySpec) -> timedelta:
-    """How long a new phase's pod may take to come up before a missing pod counts as a failed read."""
-    return max(timedelta(seconds=30), 3 * spec.evaluation_interval, spec.grace_period / 3)
 
 
 async def read_backtest(kube: Kube, owner: Owner, spec: StrategySpec) -> Optional[BacktestObservation]:
@@ -67,14 +72,21 @@ async def _termination_message(kube: Kube, namespace: str, job_name: str) -> str
     return ""
 
 
+def pod_read(pod: Any) -> PodRead:
+    notes = (pod.metadata.annotations or {}) if pod is not None else {}
+    try:
+        capital: Optional[Decimal] = Decimal(notes[contract.ANNOTATION_CAPITAL])
+    except (KeyError, InvalidOperation, TypeError):
+        capital = None
+    return PodRead(phase=notes.get(contract.ANNOTATION_PHASE), mode=notes.get(contract.ANNOTATION_MODE), capital=capital)
+
+
 async def read_metrics(
-    kube: Kube, source: MetricsSource, owner: Owner, spec: StrategySpec, status: StrategyStatus, now: datetime
+    kube: Kube, source: MetricsSource, owner: Owner, spec: StrategySpec, status: StrategyStatus, now: datetime,
+    pod: Any,
 ) -> dict[str, Any]:
     pod_name = f"{owner.name}-0"
-    pod = await kube.get_pod(owner.namespace, pod_name)
-    pod_phase = None
-    if pod is not None and pod.metadata.annotations:
-        pod_phase = pod.metadata.annotations.get(contract.ANNOTATION_PHASE)
+    read_id = uuid.uuid4().hex
     ready = bool(
         pod is not None
         and pod.status is not None
@@ -84,11 +96,10 @@ async def read_metrics(
     )
     if not ready:
         started = status.phase_started_at or now
-        last_ok = status.metrics.last_success_at
-        seen_this_phase = last_ok is not None and last_ok >= started
-        if not seen_this_phase and now - started < startup_grace(spec):
-            return {}  # the pod of this phase is still starting: not a failure, and not a pass
-        return {"metrics_error": f"strategy pod {pod_name} is not running and ready"}
+        if now - started < startup_grace(spec):
+            # A roll stops the old pod before it starts the new one: a start-up, not a failure (and not a pass).
+            return {"starting": True}
+        return {"metrics_error": f"strategy pod {pod_name} is not running and ready", "read_id": read_id}
     target = ScrapeTarget(
         namespace=owner.namespace,
         strategy=owner.name,
@@ -102,12 +113,25 @@ async def read_metrics(
     try:
         snap = await source.read(target)
     except MetricsUnavailable as exc:
-        return {"metrics_error": str(exc)}
-    return {"metrics": snap, "metrics_phase": pod_phase}
+        return {"metrics_error": str(exc), "read_id": read_id}
+    started = status.phase_started_at or now
+    return {"metrics": snap, "pod": pod_read(pod), "read_id": read_id, "starting": now - started < startup_grace(spec)}
 
 
-async def read_emergency(kube: Kube, owner: Owner, status: StrategyStatus) -> EmergencyObservation:
-    pod = await kube.get_pod(owner.namespace, f"{owner.name}-0")
+async def read_children(kube: Kube, owner: Owner, pod: Any) -> ChildrenObservation:
+    sts = await kube.get_statefulset(owner.namespace, owner.name)
+    if sts is None:
+        return ChildrenObservation(statefulset=False, pod=pod is not None)
+    notes = sts.metadata.annotations or {}
+    return ChildrenObservation(
+        statefulset=True,
+        replicas=sts.spec.replicas if sts.spec is not None else None,
+        desired_key=notes.get(contract.ANNOTATION_DESIRED_KEY, ""),
+        pod=pod is not None,
+    )
+
+
+async def read_emergency(kube: Kube, owner: Owner, status: StrategyStatus, pod: Any) -> EmergencyObservation:
     flatten, message = None, ""
     if flatten_wanted(status.emergency):
         job = await kube.get_job(owner.namespace, flatten_job_name(owner, status.emergency.id))
@@ -139,13 +163,22 @@ async def observe(
     now: datetime,
     *,
     read_metrics_now: bool,
+    carry: Optional[Observation] = None,
 ) -> Observation:
+    """Everything the decision needs. `carry` is an earlier observation of this pass (a 409
+    retry): its metrics read is reused, so a breach seen is decided on, never dropped."""
     found: dict[str, Any] = read_request(annotations)
+    pod = await kube.get_pod(owner.namespace, f"{owner.name}-0")
+    found["children"] = await read_children(kube, owner, pod)
     if status.emergency is not None and not status.emergency.finished:
-        found["emergency"] = await read_emergency(kube, owner, status)
+        found["emergency"] = await read_emergency(kube, owner, status, pod)
     phase = spec.phase_named(status.phase)
+    stopped = any(h.kind in STOPPING_HOLDS for h in status.holds)
     if phase is not None and phase.mode is Mode.BACKTEST:
         found["backtest"] = await read_backtest(kube, owner, spec)
-    elif phase is not None and read_metrics_now and source is not None and status.state not in ABSORBING_STATES:
-        found.update(await read_metrics(kube, source, owner, spec, status, now))
+    if carry is not None:
+        for key in ("metrics", "metrics_error", "read_id", "pod", "starting"):
+            found[key] = getattr(carry, key)
+    elif phase is not None and phase.mode is not Mode.BACKTEST and read_metrics_now and source is not None and not stopped:
+        found.update(await read_metrics(kube, source, owner, spec, status, now, pod))
     return Observation(**found)

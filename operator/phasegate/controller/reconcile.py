@@ -1,4 +1,4 @@
-"""One reconcile: observe, decide, write status, then make the children match it.
+"""One reconcile: observe, decide, write status, then make the children match the decision.
 
 Order matters for safety rule 4: the status write (history entry included) happens
 first, guarded by resourceVersion; the structured log line follows its success; the
@@ -15,19 +15,20 @@ from typing import Any, Callable, Optional
 
 from pydantic import ValidationError
 
-from phasegate.api import ABSORBING_STATES, HistoryEntry, Mode, State, StrategySpec, StrategyStatus
-from phasegate.manifests import Owner, backtest_job, flatten_job, service, should_run, statefulset
-from phasegate.policy.emergency import flatten_wanted
+from phasegate.api import ConditionType, HistoryEntry, StrategySpec, StrategyStatus
+from phasegate.api.observations import Observation
+from phasegate.api.status import STOPPING_HOLDS
+from phasegate.manifests import Owner, backtest_job, flatten_job, service, statefulset
 from phasegate.metrics.source import MetricsSource
-from phasegate.policy.rollout import decide
+from phasegate.policy.conditions import set_condition
+from phasegate.policy.desired import needs_apply
+from phasegate.policy.rollout import Decision, decide
 
 from . import telemetry
 from .kube import Conflict, Kube
 from .observe import observe
 
 STATUS_KEYS = set(StrategyStatus.model_json_schema(by_alias=True)["properties"])
-# Entries of the last decision whose Event a kill may have lost: re-sent at start-up.
-REPLAY_EVENTS = 5
 
 
 def parse_status(raw: Optional[dict[str, Any]]) -> StrategyStatus:
@@ -54,6 +55,32 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def spec_to_guard_with(body: dict[str, Any], status: StrategyStatus) -> tuple[Optional[StrategySpec], Optional[str]]:
+    """(the spec to decide with, why the object's own spec cannot be used).
+
+    The CRD refuses what the models refuse, so an unreadable spec means an older CRD or a
+    spec that lost the current phase: the strategy is then guarded with the last spec the
+    operator could read, and never advanced, rather than left unguarded.
+    """
+    error: Optional[str] = None
+    try:
+        spec: Optional[StrategySpec] = StrategySpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        spec = None
+        error = "; ".join(
+            f"spec.{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:3]
+        )
+    if spec is not None and status.phase and spec.phase_named(status.phase) is None:
+        error = f"phase {status.phase!r} is not in spec.phases: restore it to let the strategy move again"
+    if error is None:
+        return spec, None
+    try:
+        last = StrategySpec.model_validate(status.last_readable_spec) if status.last_readable_spec else None
+    except ValidationError:
+        last = None
+    return (last if last is not None else spec), error
+
+
 class Reconciler:
     def __init__(self, kube: Kube, source_for: Callable[[StrategySpec], MetricsSource], clock: Callable[[], datetime] = utcnow) -> None:
         self.kube = kube
@@ -66,22 +93,25 @@ class Reconciler:
         *,
         trigger: str,
         read_metrics: bool,
-        apply_children: bool,
-        replay_events: bool = False,
-    ) -> Optional[StrategySpec]:
-        """One pass; returns the spec it read (None when unreadable), for the loop's interval."""
+        carry: Optional[Observation] = None,
+    ) -> tuple[Optional[StrategySpec], Optional[Observation]]:
+        """One pass: observe, decide, write status, post Events, make the children match.
+
+        Returns the spec it decided with (for the loop's interval) and what it observed
+        (a 409 retry decides again on the fresh object with the same metrics read).
+        """
         started = time.perf_counter()
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         log = telemetry.log_for(ns, name)
-        try:
-            spec = StrategySpec.model_validate(body.get("spec") or {})
-        except ValidationError as exc:
-            # The CRD's schema and CEL rules refuse these at apply time; reaching here means
-            # the CRD is older than the operator. Nothing is changed on a spec we cannot read.
-            log.error("invalid spec", error=str(exc).splitlines()[:6])
-            return None
         status = parse_status(body.get("status"))
+        spec, spec_error = spec_to_guard_with(body, status)
+        if spec_error is not None:
+            log.warning("spec cannot be read: guarding with the last readable spec", error=spec_error,
+                        guarding=spec is not None)
+        if spec is None:
+            await self._report_unreadable(ns, name, meta, status, spec_error or "unreadable")
+            return None, None
         owner = Owner(name=name, namespace=ns, uid=uid)
         now = self.clock()
         obs = await observe(
@@ -93,39 +123,73 @@ class Reconciler:
             meta.get("annotations") or {},
             now,
             read_metrics_now=read_metrics,
+            carry=carry,
         )
-        if obs.metrics_error:
+        if obs.metrics_error and carry is None:
             telemetry.METRICS_READ_ERRORS.labels(ns, name).inc()
-        decision = decide(spec, status, obs, now, meta.get("generation"))
+        decision = decide(spec, status, obs, now, meta.get("generation"), spec_error=spec_error)
         new = decision.status
         old_wire, new_wire = status.wire(), new.wire()
+        rv = meta["resourceVersion"]
         if old_wire != new_wire:
-            await self.kube.patch_status(ns, name, merge_patch(old_wire, new_wire), meta["resourceVersion"])
+            try:
+                written = await self.kube.patch_status(ns, name, merge_patch(old_wire, new_wire), rv)
+            except Conflict as exc:
+                exc.observation = obs  # type: ignore[attr-defined]
+                raise
+            rv = (written.get("metadata") or {}).get("resourceVersion", rv)
         for entry in decision.history:
             self._log_transition(log, entry, ns, name, new)
         self._export(ns, name, new, spec)
-
-        entries = list(decision.history)
-        if replay_events:
-            entries = list(new.history[-REPLAY_EVENTS:])
-        work = [self._event(owner, e) for e in entries]
-        spec_changed = status.observed_generation != meta.get("generation")  # a new image, env, ...
-        if apply_children or decision.changed or spec_changed:
-            work.append(self._apply(owner, spec, new, fast_stop=bool(decision.history) and not should_run(spec, new)))
-        if new.state is State.VALIDATING and obs.backtest is None and _in_backtest(spec, new):
-            work.append(self.kube.create_job(backtest_job(spec, new, owner)))
-        if flatten_wanted(new.emergency) and (obs.emergency is None or obs.emergency.flatten is None):
-            work.append(self.kube.create_job(flatten_job(spec, new, owner, new.emergency.id)))
-        await asyncio.gather(*work)
+        await self._post_events(owner, new, rv)
+        await self._actuate(owner, spec, new, decision, obs)
         telemetry.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
-        return spec
+        return spec, obs
+
+    async def _report_unreadable(self, ns: str, name: str, meta: dict[str, Any], status: StrategyStatus, error: str) -> None:
+        """A strategy never read at all: say so in status, there is nothing to guard yet."""
+        now = self.clock()
+        conds = set_condition(status.conditions, ConditionType.SPEC_INVALID, True, "SpecUnreadable", error, now, None)
+        if conds != status.conditions:
+            await self.kube.patch_status(ns, name, {"conditions": [c.wire() for c in conds]}, meta["resourceVersion"])
+
+    async def _post_events(self, owner: Owner, status: StrategyStatus, rv: str) -> None:
+        """Events for every history entry past the watermark kept in status: a kill between
+        the status write and the Event loses none, and none is posted twice."""
+        pending = [e for e in status.history if e.seq > status.events_posted_seq]
+        if not pending:
+            return
+        await asyncio.gather(*(self._event(owner, e) for e in pending))
+        try:
+            await self.kube.patch_status(owner.namespace, owner.name, {"eventsPostedSeq": pending[-1].seq}, rv)
+        except Conflict:
+            pass  # someone wrote since: the next pass posts again (Event names make that a no-op)
+
+    async def _actuate(self, owner: Owner, spec: StrategySpec, status: StrategyStatus, decision: Decision, obs: Observation) -> None:
+        """Make the children what the decision says, whenever they are not (level-triggered)."""
+        desired = decision.desired
+        if desired is None:
+            return
+        work = []
+        if needs_apply(desired, obs.children):
+            if desired.replicas == 0 and obs.children is not None and obs.children.statefulset:
+                # A halt must not wait for a full server-side apply: the smallest patch first.
+                await self.kube.scale_statefulset(owner.namespace, owner.name, 0)
+            if spec.phase_named(status.phase) is not None:
+                await self.kube.apply(service(owner, spec))
+                await self.kube.apply(statefulset(spec, status, owner))
+        if desired.backtest_job and obs.backtest is None:
+            work.append(self.kube.create_job(backtest_job(spec, status, owner)))
+        if desired.flatten_job and (obs.emergency is None or obs.emergency.flatten is None):
+            work.append(self.kube.create_job(flatten_job(spec, status, owner, desired.flatten_job)))
+        await asyncio.gather(*work)
 
     @staticmethod
     def _log_transition(log: Any, entry: HistoryEntry, ns: str, name: str, status: StrategyStatus) -> None:
         log.info(
             "transition",
             seq=entry.seq,
-            action=entry.action,
+            action=entry.action.value,
             **{"from": entry.from_},
             to=entry.to,
             fraction=str(entry.fraction) if entry.fraction is not None else None,
@@ -133,41 +197,29 @@ class Reconciler:
             reason=entry.reason,
             by=entry.by,
         )
-        telemetry.TRANSITIONS.labels(ns, name, entry.action).inc()
-        if entry.action in ("halt", "emergency"):
+        telemetry.TRANSITIONS.labels(ns, name, entry.action.value).inc()
+        if entry.action.value in ("halt", "emergency"):
             telemetry.HALTS.labels(ns, name, entry.reason.split(":", 1)[0][:64]).inc()
 
     @staticmethod
     def _export(ns: str, name: str, status: StrategyStatus, spec: StrategySpec) -> None:
         telemetry.STRATEGY_FRACTION.labels(ns, name).set(float(status.capital_fraction))
-        telemetry.STRATEGY_HALTED.labels(ns, name).set(1 if status.state in ABSORBING_STATES else 0)
+        telemetry.STRATEGY_HALTED.labels(ns, name).set(1 if any(h.kind in STOPPING_HOLDS for h in status.holds) else 0)
         telemetry.STRATEGY_PHASE.labels(ns, name, status.phase, status.state.value).set(status.phase_index)
 
     async def _event(self, owner: Owner, entry: HistoryEntry) -> None:
-        warning = entry.action in ("halt", "reduce", "pause", "fail", "emergency")
+        warning = entry.action.value in ("halt", "reduce", "pause", "fail", "emergency", "spec-invalid")
         await self.kube.create_event(
             namespace=owner.namespace,
             name=owner.name,
             uid=owner.uid,
             event_name=f"{owner.name}.{owner.uid[:8]}.{entry.seq:06d}",
-            reason=entry.action.capitalize() + (entry.cause or ""),
+            reason=entry.action.value.title().replace("-", "") + (entry.cause.value if entry.cause else ""),
             note=f"{entry.from_} -> {entry.to}: {entry.reason} (by {entry.by})",
-            action=entry.action,
+            action=entry.action.value,
             event_type="Warning" if warning else "Normal",
             at=entry.at,
         )
-
-    async def _apply(self, owner: Owner, spec: StrategySpec, status: StrategyStatus, *, fast_stop: bool) -> None:
-        if fast_stop:
-            # A halt must not wait for a full server-side apply: the smallest patch first.
-            await self.kube.scale_statefulset(owner.namespace, owner.name, 0)
-        await self.kube.apply(service(owner, spec))
-        await self.kube.apply(statefulset(spec, status, owner))
-
-
-def _in_backtest(spec: StrategySpec, status: StrategyStatus) -> bool:
-    phase = spec.phase_named(status.phase)
-    return phase is not None and phase.mode is Mode.BACKTEST
 
 
 __all__ = ["Conflict", "Reconciler", "merge_patch", "parse_status"]

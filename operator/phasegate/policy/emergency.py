@@ -14,28 +14,24 @@ goes on: a failed cancel must not keep the positions open.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Optional
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Optional
 
-from phasegate.api import State, parse_duration
-from phasegate.api.status import EmergencyRecord, EmergencyStep
+from phasegate.api import parse_duration
+from phasegate.api.observations import EmergencyObservation
+from phasegate.api.status import Cause, EmergencyRecord, EmergencyStep, HoldKind, Transition
+
+if TYPE_CHECKING:
+    from .rollout import Draft
 
 STEPS = ("stop_orders", "cancel_orders", "flatten", "lockdown")
-
-
-@dataclass(frozen=True)
-class EmergencyObservation:
-    pod_gone: bool  # the strategy pod has exited (its SIGTERM handler is done)
-    flatten: Optional[str] = None  # Running | Succeeded | Failed | None (no Job yet)
-    flatten_message: str = ""
 
 
 def emergency_id(name_seed: str, at: datetime) -> str:
     return hashlib.sha256(f"{name_seed}@{at.isoformat()}".encode()).hexdigest()[:12]
 
 
-def _start(w: Any, severity: str, reason: str, by: str, seed: str) -> None:
+def _start(w: "Draft", severity: str, reason: str, by: str, seed: str, cause: Cause) -> None:
     critical = severity == "critical"
     steps = [
         EmergencyStep(name="stop_orders", outcome="Running", started_at=w.now),
@@ -44,21 +40,23 @@ def _start(w: Any, severity: str, reason: str, by: str, seed: str) -> None:
                       message="" if critical else f"severity {severity}: positions are kept"),
         EmergencyStep(name="lockdown", outcome="Pending"),
     ]
-    w.fields["emergency"] = EmergencyRecord(
+    record = EmergencyRecord(
         id=emergency_id(seed, w.now), severity=severity, reason=reason, by=by, started_at=w.now, steps=steps
     )
-    w.set_state(State.EMERGENCY_STOPPED, "emergency", f"emergency ({severity}): {reason}", by=by)
+    w.emergency = record
+    w.hold(HoldKind.EMERGENCY, Transition.EMERGENCY, f"emergency ({severity}): {reason}", source="emergency",
+           by=by, cause=cause, hold_id=record.id)
 
 
-def begin_emergency(w: Any, req: Any) -> None:
-    _start(w, req.severity or "high", req.reason, req.by, req.id)
+def begin_emergency(w: "Draft", req: Any) -> None:
+    _start(w, req.severity or "high", req.reason, req.by, req.id, Cause.MANUAL)
 
 
-def begin_emergency_on_breach(w: Any, breach: Any) -> None:
+def begin_emergency_on_breach(w: "Draft", breach: Any) -> None:
     """A critical breach runs the whole sequence, flatten included."""
-    if w.fields.get("emergency") is not None or w.state is State.EMERGENCY_STOPPED:
+    if w.emergency is not None or w.held(HoldKind.EMERGENCY):
         return
-    _start(w, "critical", f"{breach.name}: {breach.reason}", "operator", f"{breach.name}")
+    _start(w, "critical", f"{breach.name}: {breach.reason}", "operator", f"{breach.name}", Cause.RISK_LIMIT_BREACHED)
 
 
 def _replace(record: EmergencyRecord, name: str, **update: Any) -> EmergencyRecord:
@@ -70,9 +68,9 @@ def _step(record: EmergencyRecord, name: str) -> EmergencyStep:
     return next(s for s in record.steps if s.name == name)
 
 
-def progress(w: Any, obs: Optional[EmergencyObservation]) -> None:
+def progress(w: "Draft", obs: Optional[EmergencyObservation]) -> None:
     """Move the running sequence on with what the controller saw; each outcome recorded once."""
-    record: Optional[EmergencyRecord] = w.fields.get("emergency")
+    record: Optional[EmergencyRecord] = w.emergency
     if record is None or record.finished or obs is None:
         return
     spec = w.spec
@@ -85,7 +83,7 @@ def progress(w: Any, obs: Optional[EmergencyObservation]) -> None:
         step = _step(record, name)
         if step.outcome != "Running":
             continue
-        elapsed = w.now - step.started_at
+        elapsed = w.now - step.started_at if step.started_at else timedelta(0)
         if obs.pod_gone:
             record = _replace(record, name, outcome="Succeeded", duration_seconds=elapsed.total_seconds(),
                               message="the strategy's SIGTERM handler finished and the pod exited")
@@ -98,7 +96,7 @@ def progress(w: Any, obs: Optional[EmergencyObservation]) -> None:
         record = _replace(record, "flatten", outcome="Running", started_at=w.now)
         flat = _step(record, "flatten")
     if flat.outcome == "Running":
-        elapsed = w.now - flat.started_at
+        elapsed = w.now - flat.started_at if flat.started_at else timedelta(0)
         if obs.flatten == "Succeeded":
             record = _replace(record, "flatten", outcome="Succeeded", duration_seconds=elapsed.total_seconds(), message="all positions closed")
         elif obs.flatten == "Failed":
@@ -110,10 +108,10 @@ def progress(w: Any, obs: Optional[EmergencyObservation]) -> None:
                           message="EmergencyStopped: only `phasegate reset` re-enables trading")
         record = record.model_copy(update={"finished": True})
         outcomes = ", ".join(f"{s.name}={s.outcome}" for s in record.steps)
-        w.fields["emergency"] = record
-        w.record("emergency-complete", f"emergency {record.id} finished: {outcomes}")
+        w.emergency = record
+        w.record(Transition.EMERGENCY_COMPLETE, f"emergency {record.id} finished: {outcomes}")
         return
-    w.fields["emergency"] = record
+    w.emergency = record
 
 
 def flatten_wanted(record: Optional[EmergencyRecord]) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Union
 from phasegate.api.durations import parse_duration
 from phasegate.api.spec import Gates
 from phasegate.api.status import GateResult, RiskState
-from phasegate.metrics.snapshot import (
+from phasegate.api.observations import (
     C_BREAKER_PREFIX,
     C_LATENCY_COUNT,
     C_LATENCY_SUM,

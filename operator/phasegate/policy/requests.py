@@ -1,119 +1,81 @@
-"""Manual actions: what a user may ask for, and when the answer is no.
+"""Manual actions: when the answer is no, and why.
 
-The CLI writes a request into the `phasegate.dev/request` annotation; the operator
-decides on it here. The CLI calls `refusal()` first so that a user hears "no" at once,
-with the reason, and the operator checks again because the state may have moved.
+The CLI calls `refusal()` first so that a user hears "no" at once, with the reason, and
+the operator checks again on the status it decides on, because the state may have moved.
+A request that cannot act now is answered with why, never kept for later.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from datetime import datetime
-from enum import Enum
-from typing import Any, Optional
+from typing import Optional
 
-from phasegate.api import ABSORBING_STATES, Approval, State, StrategySpec, StrategyStatus
-from phasegate.api.types import _utc
+from phasegate.api.requests import SEVERITIES, BadRequest, Request, Verb
+from phasegate.api.spec import StrategySpec
+from phasegate.api.status import HoldKind, State, StrategyStatus
 
-
-class Verb(str, Enum):
-    PROMOTE = "promote"
-    PAUSE = "pause"
-    RESUME = "resume"
-    HALT = "halt"
-    RESET = "reset"
-    EMERGENCY = "emergency"
+from . import holds as H
 
 
-SEVERITIES = ("low", "medium", "high", "critical")
-
-
-class BadRequest(ValueError):
-    """An annotation the operator cannot read as a request."""
-
-
-@dataclass(frozen=True)
-class Request:
-    id: str
-    verb: Verb
-    reason: str
-    by: str
-    at: datetime
-    severity: Optional[str] = None
-
-    def to_annotation(self) -> str:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "action": self.verb.value,
-            "reason": self.reason,
-            "by": self.by,
-            "at": self.at.isoformat(),
-        }
-        if self.severity:
-            body["severity"] = self.severity
-        return json.dumps(body, sort_keys=True)
-
-    @classmethod
-    def from_annotation(cls, text: str) -> "Request":
-        try:
-            body = json.loads(text)
-            verb = Verb(body["action"])
-            reason = str(body["reason"]).strip()
-            req = cls(
-                id=str(body["id"]),
-                verb=verb,
-                reason=reason,
-                by=str(body.get("by") or "unknown"),
-                at=_utc(datetime.fromisoformat(body["at"])),
-                severity=body.get("severity"),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BadRequest(f"unreadable phasegate.dev/request annotation: {exc}") from exc
-        if not reason:
-            raise BadRequest("a manual action needs a reason (--reason)")
-        if req.severity is not None and req.severity not in SEVERITIES:
-            raise BadRequest(f"severity {req.severity!r} is not one of {', '.join(SEVERITIES)}")
-        return req
-
-
-def refusal(spec: StrategySpec, status: StrategyStatus, verb: Verb) -> Optional[str]:
-    """Why `verb` is not allowed now, or None when it is."""
+def refusal(spec: StrategySpec, status: StrategyStatus, req: "Request | Verb") -> Optional[str]:
+    """Why the request is not allowed now, or None when it is. A bare Verb checks the verb alone
+    (for reset: that something can be reset at all)."""
+    verb = req if isinstance(req, Verb) else req.verb
+    target = None if isinstance(req, Verb) else req.target
     state = status.state
+    stopping = H.stopping(status.holds)
     if verb is Verb.HALT:
         return None  # the kill switch is always allowed, even when already halted
     if verb is Verb.EMERGENCY:
-        if state is State.EMERGENCY_STOPPED:
+        if status.holds_of(HoldKind.EMERGENCY):
             return "an emergency sequence already ran: the strategy is locked down; `reset` it first"
         return None
     if verb is Verb.RESET:
-        if state not in ABSORBING_STATES:
+        newest = H.newest_stopping(status.holds)
+        if newest is None:
             return f"reset re-enables a halted strategy, and this one is {state.value}: nothing to reset"
         if status.emergency is not None and not status.emergency.finished:
             return "the emergency sequence is still running: wait for it to finish, then reset"
+        if isinstance(req, Verb):
+            return None
+        if not target:
+            return f"a reset must name the halt it lifts: the newest is {newest.id} ({newest.source}); pass it with --halt {newest.id}"
+        if not H.matches(newest, target):
+            older = next((h for h in stopping if H.matches(h, target)), None)
+            if older is not None:
+                return (f"{target} is not the newest halt: the strategy was halted again since by {newest.id} "
+                        f"({newest.source}: {newest.reason}); review it and reset naming {newest.id}")
+            return f"{target} names no halt in force; the newest is {newest.id} ({newest.source})"
         return None
-    if state in ABSORBING_STATES:
+    if stopping:
         return f"the strategy is {state.value}: only `phasegate reset NAME --reason ...` re-enables it"
     if verb is Verb.PAUSE:
-        if state is State.PAUSED:
-            return "the strategy is already paused"
+        if status.holds_of(HoldKind.MANUAL_PAUSE):
+            return "the strategy is already paused by a person; `resume` lifts that pause"
         return None
     if verb is Verb.RESUME:
-        if state is not State.PAUSED:
+        from .rollout import resumable
+
+        paused = status.holds_of(HoldKind.MANUAL_PAUSE, HoldKind.RISK_PAUSE, HoldKind.METRICS_PAUSE)
+        if not paused:
             return f"resume continues a paused strategy, and this one is {state.value}"
+        lifts = resumable(status)
+        if not lifts:
+            kept = "; ".join(f"{h.kind.value} {h.id} ({h.source}): {h.reason}" for h in paused)
+            return f"nothing can be resumed yet: {kept} (the limit is still breached, or not every limit was checked at the last read)"
         return None
     if verb is Verb.PROMOTE:
         if state is State.COMPLETED:
             return "the strategy is already on the last rung"
-        if state is State.PAUSED:
-            return "the strategy is paused: resume it first"
+        if state is State.FAILED:
+            return "the phase failed: fix the spec (a new generation retries it)"
         idx = status.phase_index
-        if not (0 <= idx < len(spec.phases)):
+        if not status.phase or not (0 <= idx < len(spec.phases)):
             return "the strategy has not started its ladder yet"
         phase = spec.phases[idx]
-        if phase.approval is not Approval.MANUAL:
-            return f"phase {phase.name} advances on its gates alone (approval: auto): promote approves manual phases"
-        if status.approved_phase == phase.name:
+        waits = [h for h in status.holds_of(HoldKind.APPROVAL_WAIT) if h.visit == status.visit]
+        if not waits:
+            if phase.approval.value != "manual":
+                return f"phase {phase.name} advances on its gates alone (approval: auto): promote approves manual phases"
             return f"phase {phase.name} is already approved; it advances when its gates and minimum duration pass"
         if idx + 1 > spec.ceiling_index():
             nxt = spec.phases[idx + 1] if idx + 1 < len(spec.phases) else None
@@ -121,3 +83,6 @@ def refusal(spec: StrategySpec, status: StrategyStatus, verb: Verb) -> Optional[
             return f"{what} above spec.maxFraction {spec.max_fraction}: raise the ceiling first"
         return None
     return f"unknown action {verb}"
+
+
+__all__ = ["BadRequest", "Request", "SEVERITIES", "Verb", "refusal"]

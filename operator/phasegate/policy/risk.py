@@ -15,15 +15,17 @@ from typing import Mapping, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from phasegate.api.durations import parse_duration
-from phasegate.api.spec import ACTION_SEVERITY, Action, Limit, StrategySpec, TradingDay
-from phasegate.api.status import RiskState, Severity
-from phasegate.metrics.snapshot import (
+from phasegate.api.observations import (
     C_BREAKER_PREFIX,
     C_ERRORS,
     C_ORDERS_SUBMITTED,
     MetricsSnapshot,
     counter_increases,
 )
+from phasegate.api.spec import ACTION_SEVERITY, Action, Limit, StrategySpec, TradingDay
+from phasegate.api.status import RiskState, Severity
+
+from . import accounting
 
 ZERO = Decimal(0)
 KIND_RISK = "risk"
@@ -53,10 +55,10 @@ class RiskEvaluation:
     state: RiskState
     breaches: tuple[Breach, ...]
     readings: dict[str, Decimal]
-    # Limits set in the spec that could not be checked because the strategy does not
-    # export the metric behind them ("minCashFraction: strategy_cash not exported").
-    # Not breaches; worth showing so nobody believes a limit is guarding them when not.
-    unchecked: tuple[str, ...] = field(default=())
+    # Configured limits this read could not check, with why ("strategy_cash not
+    # exported"). Each counts as a failed read for that limit (fail closed).
+    unchecked: dict[str, str] = field(default_factory=dict)
+    new_book: bool = False  # this read began a new series (first read, or a new book)
 
     @property
     def worst_action(self) -> Optional[Action]:
@@ -210,8 +212,30 @@ def _limit_breach(
     )
 
 
-def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, now: datetime) -> RiskEvaluation:
+def configured_limits(spec: StrategySpec) -> dict[str, Limit]:
+    """The limits the spec sets, by their camelCase name."""
+    out: dict[str, Limit] = {}
+    for field_name, info in type(spec.risk_limits).model_fields.items():
+        lim = getattr(spec.risk_limits, field_name)
+        if lim is not None:
+            out[info.alias or field_name] = lim
+    return out
+
+
+def evaluate_risk(
+    spec: StrategySpec,
+    prev: RiskState,
+    snap: MetricsSnapshot,
+    now: datetime,
+    *,
+    book: str = "live",
+    capital: Optional[Decimal] = None,
+) -> RiskEvaluation:
     """Grade one snapshot against spec.riskLimits; the updated RiskState and any breaches.
+
+    `book` and `capital` say which book the pod that served the read trades and the
+    capital it was given: a change of capital between two reads of one book is a flow
+    (phasegate.policy.accounting), a change of book starts a new series.
 
     The sample's time is snap.taken_at (never after `now`). Rates and counter increases
     need a previous sample strictly earlier: a snapshot no newer than the last one
@@ -223,49 +247,50 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
     value = snap.portfolio_value
     readings: dict[str, Decimal] = {"portfolioValue": value}
     breaches: list[Breach] = []
-    unchecked: list[str] = []
+    missing: dict[str, str] = {}
+    series = prev.book
+    new_book = False
 
-    # High-water mark and drawdown.
-    prev_hwm = _dec(prev.high_water_mark) if prev.high_water_mark is not None else None
-    hwm = value if prev_hwm is None else max(prev_hwm, value)
-    drawdown = (hwm - value) / hwm if hwm > 0 else ZERO
-    readings["highWaterMark"] = hwm
-    readings["drawdown"] = drawdown
-    if limits.max_drawdown is not None and drawdown > limits.max_drawdown.threshold:
-        lim = limits.max_drawdown
-        breaches.append(
-            _limit_breach(
-                "maxDrawdown",
-                lim,
-                drawdown,
-                f"drawdown {pct(drawdown, lim.threshold)} from high-water mark {fmt(hwm)} "
-                f"exceeds limit {pct(lim.threshold, drawdown)}",
+    if value.is_finite() and value > 0:
+        today = trading_day_of(t, spec.trading_day)
+        if series is not None and series.trading_day is not None and today < series.trading_day:
+            today = series.trading_day  # a clock stepped back never re-opens yesterday
+        cap = capital if capital is not None else (series.last_capital if series and series.last_capital is not None else value)
+        moved = accounting.step(series, book, value, cap, today, t)
+        series, new_book = moved.book, moved.started
+        drawdown, daily_loss = moved.drawdown, moved.daily_loss
+        readings.update(drawdown=drawdown, dailyLoss=daily_loss, index=series.index)
+        if limits.max_drawdown is not None and drawdown > limits.max_drawdown.threshold:
+            lim = limits.max_drawdown
+            breaches.append(
+                _limit_breach(
+                    "maxDrawdown",
+                    lim,
+                    drawdown,
+                    f"drawdown {pct(drawdown, lim.threshold)} from the {book} book's high-water mark "
+                    f"(flow-adjusted) exceeds limit {pct(lim.threshold, drawdown)}",
+                )
             )
-        )
-
-    # Day-open value and daily loss; a new trading day starts from this sample's value.
-    today = trading_day_of(t, spec.trading_day)
-    day_open = _dec(prev.day_open_value) if prev.day_open_value is not None else None
-    trading_day = prev.trading_day
-    if day_open is None or trading_day is None or today > trading_day:
-        day_open, trading_day = value, today
-    daily_loss = max((day_open - value) / day_open, ZERO) if day_open > 0 else ZERO
-    readings["dayOpenValue"] = day_open
-    readings["dailyLoss"] = daily_loss
-    if limits.max_daily_loss is not None and daily_loss > limits.max_daily_loss.threshold:
-        lim = limits.max_daily_loss
-        breaches.append(
-            _limit_breach(
-                "maxDailyLoss",
-                lim,
-                daily_loss,
-                f"daily loss {pct(daily_loss, lim.threshold)} from day-open value {fmt(day_open)} "
-                f"(trading day {trading_day.isoformat()}) exceeds limit {pct(lim.threshold, daily_loss)}",
+        if limits.max_daily_loss is not None and daily_loss > limits.max_daily_loss.threshold:
+            lim = limits.max_daily_loss
+            breaches.append(
+                _limit_breach(
+                    "maxDailyLoss",
+                    lim,
+                    daily_loss,
+                    f"daily loss {pct(daily_loss, lim.threshold)} (flow-adjusted, trading day "
+                    f"{series.trading_day.isoformat() if series.trading_day else '?'}) exceeds limit {pct(lim.threshold, daily_loss)}",
+                )
             )
-        )
+    else:
+        why = f"portfolio value {value} is not a positive number"
+        for name in ("maxDrawdown", "maxDailyLoss", "minCashFraction"):
+            missing[name] = why
 
     # Levels the strategy reports.
-    if snap.largest_position_fraction is not None:
+    if snap.largest_position_fraction is not None and snap.largest_position_fraction < 0:
+        missing["maxPositionFraction"] = f"strategy_largest_position_fraction {snap.largest_position_fraction} is negative"
+    elif snap.largest_position_fraction is not None:
         pos = snap.largest_position_fraction
         readings["largestPositionFraction"] = pos
         lim = limits.max_position_fraction
@@ -278,10 +303,10 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
                     f"largest position {pct(pos, lim.threshold)} of portfolio exceeds limit {pct(lim.threshold, pos)}",
                 )
             )
-    elif limits.max_position_fraction is not None:
-        unchecked.append("maxPositionFraction: strategy_largest_position_fraction not exported")
+    else:
+        missing["maxPositionFraction"] = "strategy_largest_position_fraction not exported"
 
-    if snap.cash is not None and value > 0:
+    if snap.cash is not None and value.is_finite() and value > 0:
         cash_fraction = snap.cash / value
         readings["cashFraction"] = cash_fraction
         lim = limits.min_cash_fraction
@@ -296,13 +321,12 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
                     lower_is_worse=True,
                 )
             )
-    elif limits.min_cash_fraction is not None:
-        unchecked.append(
-            "minCashFraction: "
-            + ("strategy_cash not exported" if snap.cash is None else "portfolio value is not positive")
-        )
+    elif snap.cash is None:
+        missing["minCashFraction"] = "strategy_cash not exported"
 
-    if snap.position_discrepancy is not None:
+    if snap.position_discrepancy is not None and snap.position_discrepancy < 0:
+        missing["maxPositionDiscrepancy"] = f"strategy_position_discrepancy_ratio {snap.position_discrepancy} is negative"
+    elif snap.position_discrepancy is not None:
         disc = snap.position_discrepancy
         readings["positionDiscrepancy"] = disc
         lim = limits.max_position_discrepancy
@@ -315,8 +339,8 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
                     f"position discrepancy {pct(disc, lim.threshold)} against the broker exceeds limit {pct(lim.threshold, disc)}",
                 )
             )
-    elif limits.max_position_discrepancy is not None:
-        unchecked.append("maxPositionDiscrepancy: strategy_position_discrepancy_ratio not exported")
+    else:
+        missing["maxPositionDiscrepancy"] = "strategy_position_discrepancy_ratio not exported"
 
     for key, v in (
         ("signalAlignment", snap.signal_alignment),
@@ -359,8 +383,6 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
                 ("maxErrorRate", C_ERRORS, limits.max_error_rate, "error"),
             ):
                 if key not in snap_counters:
-                    if lim is not None:
-                        unchecked.append(f"{name}: {noun} counter not exported")
                     continue
                 # A counter first seen now (no restart) has no known starting point.
                 if key not in rate_base and not r_restarted:
@@ -401,6 +423,15 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
         for k, n in w_inc.items():
             window_totals[k] = window_totals.get(k, ZERO) + n
     breaches.extend(circuit)
+    for name, key, metric in (
+        ("maxOrderRate", C_ORDERS_SUBMITTED, "strategy_orders_submitted_total"),
+        ("maxErrorRate", C_ERRORS, "strategy_errors_total"),
+    ):
+        if key not in snap_counters:
+            missing[name] = f"{metric} not exported"
+    configured = configured_limits(spec)
+    unchecked = {n: why for n, why in missing.items() if n in configured}
+    failures = {n: (prev.limit_failures.get(n, 0) + 1 if n in unchecked else 0) for n in configured}
 
     critical = {b.name for b in breaches if b.kind == KIND_RISK and b.severity == Severity.CRITICAL}
     if not advancing:
@@ -412,10 +443,10 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
 
     state = prev.model_copy(
         update={
-            "high_water_mark": hwm,
-            "day_open_value": day_open,
-            "trading_day": trading_day,
-            "last_value": value,
+            "book": series,
+            "limit_failures": {n: c for n, c in failures.items() if c},
+            "unchecked": [f"{n}: {why}" for n, why in sorted(unchecked.items())],
+            "breaching": sorted({b.name for b in breaches if b.kind == KIND_RISK}),
             "last_sample_at": t if advancing else last,
             "rate_since": rate_since,
             "rate_counters": rate_base,
@@ -428,11 +459,22 @@ def evaluate_risk(spec: StrategySpec, prev: RiskState, snap: MetricsSnapshot, no
             "critical_breaches": critical_now,
         }
     )
-    return RiskEvaluation(state=state, breaches=tuple(breaches), readings=readings, unchecked=tuple(unchecked))
+    return RiskEvaluation(state=state, breaches=tuple(breaches), readings=readings, unchecked=unchecked, new_book=new_book)
+
+
+def failed_read(spec: StrategySpec, prev: RiskState, why: str) -> RiskState:
+    """A read that checked nothing: every configured limit counts one more failure."""
+    configured = configured_limits(spec)
+    return prev.model_copy(
+        update={
+            "limit_failures": {n: prev.limit_failures.get(n, 0) + 1 for n in configured},
+            "unchecked": [f"{n}: {why}" for n in sorted(configured)],
+        }
+    )
 
 
 __all__ = [
     "Breach", "KIND_CIRCUIT", "KIND_RISK", "RiskEvaluation", "STRATEGY_BREAKER_PREFIX",
-    "advance_counters", "day_boundary", "evaluate_risk", "fmt", "pct", "seconds", "severity",
+    "advance_counters", "configured_limits", "day_boundary", "evaluate_risk", "failed_read", "fmt", "pct", "seconds", "severity",
     "trading_day_of",
 ]

@@ -1,16 +1,21 @@
-"""The decision core: (spec, status, observation, now) -> the next status.
+"""The decision core: (spec, status, observation, now) -> the next status and the children it needs.
 
-Pure: no I/O, no clock, no kopf. The controller gathers an Observation, calls
-`decide`, writes the returned status (with a resourceVersion precondition) and then
-makes the world match it. Everything that must survive a restart is in the status,
-so deciding again on the returned status and the same observation adds nothing
-(safety rule 5).
+Pure: no I/O, no clock, no kopf. The controller gathers an Observation, calls `decide`,
+writes the returned status (with a resourceVersion precondition) and then makes the
+children match `Decision.desired`, on every pass. Everything that must survive a
+restart is in the status, so deciding again on the returned status and the same
+observation adds nothing (safety rule 5).
 
-Safety rules proven by tests/unit/policy/test_rollout_properties.py:
-- the fraction never exceeds the phase's fraction nor spec.maxFraction, and never rises
-  while a breaker is tripped, a risk/breaker condition is true, metrics are not fresh,
-  the strategy is paused, or before the phase's minimum duration and gates have passed;
-- Halted and EmergencyStopped are left only by a reset request with a reason.
+The shape that keeps the guard from going blind:
+- holds, not a state field: pauses, approvals, halts, emergencies and "spec invalid"
+  are typed holds with one owner and one way out; `state` is derived from them;
+- every configured limit is checked on every read or counted as a failed read for
+  that limit, and metricsFailure decides when that pauses or halts;
+- risk is graded on a flow-adjusted series (phasegate.policy.accounting) on every read,
+  whichever pod served it;
+- decisions never see time go backwards (status.clock).
+
+Safety rules proven by tests/unit/policy/test_state_machine.py.
 """
 
 from __future__ import annotations
@@ -18,60 +23,57 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Optional
+from typing import Optional
 
-from phasegate.api import (
-    ABSORBING_STATES,
-    ACTION_SEVERITY,
-    Action,
-    Approval,
+from phasegate.api.observations import BacktestObservation, Observation
+from phasegate.api.requests import Request, Verb
+from phasegate.api.spec import ACTION_SEVERITY, Action, Approval, Mode, Phase, StrategySpec
+from phasegate.api.status import (
+    STOPPING_HOLDS,
+    BacktestResult,
     BreakerState,
     BreakerStatus,
+    Cause,
+    Condition,
     ConditionType,
+    EmergencyRecord,
+    GateResult,
     HistoryEntry,
-    Mode,
+    Hold,
+    HoldKind,
+    MetricsHealth,
+    RequestOutcome,
+    RequestRecord,
+    RiskState,
     Severity,
     State,
-    StrategySpec,
     StrategyStatus,
+    Transition,
 )
-from phasegate.api.status import BacktestResult, RequestRecord
 
+from . import accounting, holds as H
 from .conditions import set_condition
-from .requests import Request, Verb, refusal
+from .desired import Desired, desired_for, mismatch
+from .gates import evaluate_backtest_gates, evaluate_metric_gates, start_phase_window
+from .requests import refusal
+from .risk import KIND_CIRCUIT, KIND_RISK, Breach, configured_limits, evaluate_risk, failed_read, pct
 
 OPERATOR = "operator"
 REDUCE_CUT = Decimal("0.8")  # a reduce with no lower live rung keeps 80% of the fraction
+ANSWERED_KEPT = 32  # request ids remembered, so that a replayed request never acts twice
 
-
-@dataclass(frozen=True)
-class BacktestObservation:
-    job: str
-    state: str  # Running | Succeeded | Failed
-    result: Optional[dict[str, Any]] = None
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What the controller saw this time. Anything it did not look at is None."""
-
-    metrics: Any = None  # a MetricsSnapshot read now, from the pod of `metrics_phase`
-    metrics_error: Optional[str] = None  # a read was attempted and failed
-    metrics_phase: Optional[str] = None  # the phase the pod serving the metrics runs
-    request: Optional[Request] = None
-    request_error: Optional[str] = None
-    request_id: Optional[str] = None  # id of an unreadable request, to answer it once
-    backtest: Optional[BacktestObservation] = None
-    emergency: Any = None  # an EmergencyObservation while a sequence runs
+# Observation and Request are part of this module's interface for its callers.
+__all__ = ["BacktestObservation", "Decision", "Observation", "Request", "Verb", "blockers", "decide"]
 
 
 @dataclass(frozen=True)
 class Decision:
     status: StrategyStatus
     history: tuple[HistoryEntry, ...]  # entries added by this decision, oldest first
-    outcome: str  # advance | hold | pause | reduce | halt | reset | resume | complete | ...
+    outcome: str  # the last transition, or "hold"
     reason: str
+    desired: Optional[Desired] = None  # None: the spec does not say what the children are
+    actuated: Optional[str] = None  # why the children do not match `desired`; None when they do
 
     @property
     def changed(self) -> bool:
@@ -79,93 +81,175 @@ class Decision:
 
 
 @dataclass
-class _Work:
-    """A mutable draft of the next status, turned back into the frozen model at the end."""
+class Draft:
+    """The next status being decided, field by field (typed; turned into the model at the end)."""
 
     spec: StrategySpec
     now: datetime
     generation: Optional[int]
-    fields: dict[str, Any]
+    observed_generation: Optional[int]
+    phase: str
+    phase_index: int
+    visit: int
+    capital_fraction: Decimal
+    capital: Optional[Decimal]
+    phase_started_at: Optional[datetime]
+    holds: list[Hold]
+    message: str
+    conditions: list[Condition]
+    history: list[HistoryEntry]
+    history_seq: int
+    last_request: Optional[RequestRecord]
+    answered: list[str]
+    risk: RiskState
+    metrics: MetricsHealth
+    gates: list[GateResult]
+    backtest: Optional[BacktestResult]
+    emergency: Optional[EmergencyRecord]
+    events_posted_seq: int
+    spec_generation: Optional[int]
+    last_readable_spec: Optional[dict]
     added: list[HistoryEntry] = field(default_factory=list)
-    new_trips: set[str] = field(default_factory=set)  # breakers tripped by this decision
     outcome: str = "hold"
     reason: str = ""
 
+    @classmethod
+    def of(cls, spec: StrategySpec, status: StrategyStatus, now: datetime, generation: Optional[int]) -> "Draft":
+        clock = max(now, status.clock) if status.clock is not None else now
+        return cls(
+            spec=spec, now=clock, generation=generation, observed_generation=status.observed_generation,
+            phase=status.phase, phase_index=status.phase_index, visit=status.visit,
+            capital_fraction=status.capital_fraction, capital=status.capital,
+            phase_started_at=status.phase_started_at, holds=list(status.holds), message=status.message,
+            conditions=list(status.conditions), history=list(status.history), history_seq=status.history_seq,
+            last_request=status.last_request, answered=list(status.answered), risk=status.risk,
+            metrics=status.metrics, gates=list(status.gates), backtest=status.backtest,
+            emergency=status.emergency, events_posted_seq=status.events_posted_seq,
+            spec_generation=status.spec_generation, last_readable_spec=status.last_readable_spec,
+        )
+
+    # --- reading -------------------------------------------------------------------
+
     @property
+    def current(self) -> Optional[Phase]:
+        if 0 <= self.phase_index < len(self.spec.phases) and self.spec.phases[self.phase_index].name == self.phase:
+            return self.spec.phases[self.phase_index]
+        return None
+
+    @property
+    def stopped(self) -> bool:
+        return any(h.kind in STOPPING_HOLDS for h in self.holds)
+
+    def held(self, *kinds: HoldKind) -> list[Hold]:
+        return [h for h in self.holds if h.kind in kinds]
+
     def state(self) -> State:
-        return self.fields["state"]
+        return H.derive_state(self.spec, self.phase, self.phase_index, self.holds)
 
-    @property
-    def index(self) -> int:
-        return self.fields["phase_index"]
-
-    @property
-    def phase(self):
-        return self.spec.phases[self.index]
+    # --- writing -------------------------------------------------------------------
 
     def record(
-        self, action: str, reason: str, by: str = OPERATOR, to: Optional[str] = None, frm: Optional[str] = None, cause: Optional[str] = None
-    ) -> None:
-        seq = self.fields["history_seq"] + 1
+        self, action: Transition, reason: str, *, by: str = OPERATOR, to: Optional[str] = None,
+        frm: Optional[str] = None, cause: Optional[Cause] = None,
+    ) -> HistoryEntry:
+        self.history_seq += 1
         entry = HistoryEntry(
-            seq=seq,
-            at=self.now,
-            action=action,
-            **{"from": frm if frm is not None else self.fields["phase"]},
-            to=to if to is not None else self.fields["phase"],
-            fraction=self.fields["capital_fraction"],
-            reason=reason,
-            by=by,
-            cause=cause,
+            seq=self.history_seq, at=self.now, action=action,
+            **{"from": frm if frm is not None else self.phase},
+            to=to if to is not None else self.phase,
+            fraction=self.capital_fraction, reason=reason, by=by, cause=cause,
         )
-        self.fields["history_seq"] = seq
-        self.fields["history"] = (list(self.fields["history"]) + [entry])[-self.spec.history_limit :]
+        self.history = (self.history + [entry])[-self.spec.history_limit:]
         self.added.append(entry)
-        self.outcome, self.reason = action, reason
+        self.outcome, self.reason = action.value, reason
+        return entry
 
-    def enter_phase(self, index: int, action: str, reason: str, by: str = OPERATOR, snapshot: Any = None, cause: Optional[str] = None) -> None:
-        from .gates import start_phase_window
-
-        frm = self.fields["phase"]
-        phase = self.spec.phases[index]
-        if self.spec.capital_for(phase) != self.fields.get("capital"):
-            self.rearm_risk()
-        self.fields.update(
-            phase=phase.name,
-            phase_index=index,
-            capital_fraction=min(phase.fraction, self.spec.max_fraction),
-            capital=self.spec.capital_for(phase),
-            phase_started_at=self.now,
-            approved_phase=None,
-            gates=[],
-            risk=start_phase_window(self.fields["risk"], snapshot, at=self.now),
+    def hold(
+        self, kind: HoldKind, action: Transition, reason: str, *, source: str, by: str = OPERATOR,
+        cause: Optional[Cause] = None, breach: Optional[Breach] = None, hold_id: Optional[str] = None,
+    ) -> Hold:
+        """Add a hold and the history entry that records it (safety rule 4)."""
+        entry = self.record(action, reason, by=by, cause=cause)
+        h = Hold(
+            kind=kind, id=hold_id or f"#{entry.seq}", seq=entry.seq, source=source, cause=cause,
+            reason=reason, since=self.now, by=by, visit=self.visit,
+            value=breach.value if breach else None, limit=breach.limit if breach else None,
+            severity=breach.severity if breach else None,
         )
+        self.holds.append(h)
+        self.message = reason
+        return h
+
+    def lift(self, *remove: Hold) -> None:
+        ids = {id(h) for h in remove}
+        self.holds = [h for h in self.holds if id(h) not in ids]
+
+    def new_visit(self) -> None:
+        """A new phase visit: the minimum duration restarts and a manual phase needs a new approval."""
+        self.visit += 1
+        self.phase_started_at = self.now
+        self.holds = [h for h in self.holds if h.kind is not HoldKind.APPROVAL_WAIT]
+        phase = self.current
+        if phase is not None and phase.approval is Approval.MANUAL and self.phase_index < len(self.spec.phases) - 1:
+            self.holds.append(
+                Hold(kind=HoldKind.APPROVAL_WAIT, id=f"v{self.visit}", seq=self.history_seq, source=phase.name,
+                     reason=f"leaving {phase.name} needs `phasegate promote`", since=self.now, visit=self.visit)
+            )
+
+    def enter_phase(self, index: int, action: Transition, reason: str, *, by: str = OPERATOR,
+                    cause: Optional[Cause] = None, snapshot: object = None) -> None:
+        frm = self.phase
+        phase = self.spec.phases[index]
+        self.phase, self.phase_index = phase.name, index
+        self.capital_fraction = min(phase.fraction, self.spec.max_fraction)
+        self.capital = capital_of(self.spec, phase, self.capital_fraction)
+        self.gates = []
+        self.risk = start_phase_window(self.risk, snapshot, at=self.now)  # type: ignore[arg-type]
         if phase.mode is Mode.BACKTEST:
-            self.fields["state"] = State.VALIDATING
-            self.fields["backtest"] = None
-        elif index == len(self.spec.phases) - 1:
-            self.fields["state"] = State.COMPLETED
-        else:
-            self.fields["state"] = State.PROGRESSING
+            self.backtest = None
         self.record(action, reason, by=by, to=phase.name, frm=frm, cause=cause)
+        self.new_visit()
 
-    def rearm_risk(self) -> None:
-        """A new capital base is a new book: drawdown and daily loss start from its first read."""
-        self.fields["risk"] = self.fields["risk"].model_copy(update={"high_water_mark": None, "day_open_value": None})
+    def to_status(self) -> StrategyStatus:
+        return StrategyStatus(
+            observed_generation=self.observed_generation, phase=self.phase, phase_index=self.phase_index,
+            state=self.state(), capital_fraction=self.capital_fraction, capital=self.capital,
+            phase_started_at=self.phase_started_at, visit=self.visit, clock=self.now, holds=self.holds,
+            message=self.message, conditions=self.conditions, breakers=breakers_of(self.holds),
+            history=self.history, history_seq=self.history_seq, last_request=self.last_request,
+            answered=self.answered, events_posted_seq=self.events_posted_seq,
+            spec_generation=self.spec_generation, last_readable_spec=self.last_readable_spec,
+            risk=self.risk, metrics=self.metrics, gates=self.gates, backtest=self.backtest,
+            emergency=self.emergency,
+        )
 
-    def set_state(self, state: State, action: str, reason: str, by: str = OPERATOR, cause: Optional[str] = None) -> None:
-        self.fields["state"] = state
-        self.fields["message"] = reason
-        self.record(action, reason, by=by, cause=cause)
+
+def capital_of(spec: StrategySpec, phase: Phase, fraction: Decimal) -> Decimal:
+    """Capital the strategy may use: paper capital until live, then base x fraction."""
+    if phase.mode is Mode.LIVE:
+        return spec.capital * fraction
+    return spec.paper_capital if spec.paper_capital is not None else spec.capital
 
 
-def _tripped(fields: dict[str, Any]) -> dict[str, BreakerStatus]:
-    return {k: b for k, b in fields["breakers"].items() if b.state is BreakerState.TRIPPED}
-
-
-def _phase_index(spec: StrategySpec, status: StrategyStatus) -> Optional[int]:
-    names = [p.name for p in spec.phases]
-    return names.index(status.phase) if status.phase in names else None
+def breakers_of(holds: list[Hold]) -> dict[str, BreakerStatus]:
+    """The breakers view of status: what tripped, derived from the holds (never read back)."""
+    kind_of = {Cause.RISK_LIMIT_BREACHED: "risk", Cause.CIRCUIT_BREAKER_TRIPPED: "circuit",
+               Cause.METRICS_ERROR: "metrics", Cause.MANUAL: "manual"}
+    action_of = {HoldKind.HALT: Action.HALT, HoldKind.EMERGENCY: Action.HALT,
+                 HoldKind.RISK_PAUSE: Action.PAUSE, HoldKind.METRICS_PAUSE: Action.PAUSE}
+    out: dict[str, BreakerStatus] = {}
+    for h in sorted(holds, key=lambda h: h.seq):
+        if h.kind not in action_of or not h.source:
+            continue
+        old = out.get(h.source)
+        if old is not None and old.action is not None and ACTION_SEVERITY[old.action] >= ACTION_SEVERITY[action_of[h.kind]]:
+            continue
+        out[h.source] = BreakerStatus(
+            state=BreakerState.TRIPPED, kind=kind_of.get(h.cause, "external") if h.cause else "external",
+            value=h.value, limit=h.limit, severity=h.severity, action=action_of[h.kind],
+            tripped_at=h.since, reason=h.reason,
+        )
+    return out
 
 
 def decide(
@@ -174,407 +258,457 @@ def decide(
     obs: Observation,
     now: datetime,
     generation: Optional[int] = None,
+    *,
+    spec_error: Optional[str] = None,
 ) -> Decision:
-    w = _Work(spec=spec, now=now, generation=generation, fields=dict(status))
-    w.fields["message"] = status.message
+    """Decide the next status.
 
-    if not status.phase:
-        w.enter_phase(0, "start", "strategy created: starting the ladder at its first phase")
-    elif _phase_index(spec, status) is None:
-        # A halt stays a halt whatever happens to the spec (safety rule 3).
-        if w.state is not State.FAILED and w.state not in ABSORBING_STATES:
-            w.set_state(State.FAILED, "fail", f"phase {status.phase!r} is no longer in spec.phases: restore it or reset the strategy")
-        return _finish(w)
-    else:
-        w.fields["phase_index"] = _phase_index(spec, status)
-
-    _answer_request(w, status, obs)
-
-    if w.state in ABSORBING_STATES and w.fields["capital_fraction"] > spec.max_fraction:
-        # Stopped already, but the record must obey the new ceiling too; the rung is
-        # stepped down by the first reconcile after a reset.
-        w.fields["capital_fraction"] = spec.max_fraction
-        w.record("reduce", f"spec.maxFraction lowered to {spec.max_fraction} while {w.state.value}")
-    if w.state not in ABSORBING_STATES:
-        _retry_failed_on_new_generation(w, status)
-        _obey_ceiling(w)
-        snapshot_fresh = _observe_metrics(w, status, obs)
-        if w.state not in ABSORBING_STATES:  # a critical breach may have begun an emergency
-            _latch_external_conditions(w)
-            _act_on_breakers(w)
-        if w.state not in ABSORBING_STATES:
-            _observe_backtest(w, obs)
-            _maybe_advance(w, obs, snapshot_fresh)
-    if w.state is State.EMERGENCY_STOPPED:
+    `spec` is the spec to guard with: the object's own, or, when that one cannot be read
+    (`spec_error` says why), the last one the operator could read. With a spec error the
+    strategy never advances, but its limits are checked and every manual action works.
+    """
+    d = Draft.of(spec, status, now, generation)
+    if not d.phase:
+        d.enter_phase(0, Transition.START, "strategy created: starting the ladder at its first phase")
+    elif d.current is None:
+        index = next((i for i, p in enumerate(spec.phases) if p.name == d.phase), None)
+        if index is not None:
+            d.phase_index = index
+    _sync_spec_hold(d, spec_error if d.current is not None else (
+        spec_error or f"phase {d.phase!r} is not in spec.phases: restore it (the operator keeps the strategy where it is)"))
+    _latch_external_conditions(d)
+    _answer_request(d, obs)
+    if d.current is not None:
+        if spec_error is None:
+            _retry_failed_on_new_generation(d, status)
+        _obey_ceiling(d)
+        fresh = _observe_metrics(d, obs)
+        _act_on_metrics_failures(d)
+        _observe_backtest(d, obs.backtest)
+        if spec_error is None:
+            _maybe_advance(d, obs, fresh)
+        if spec_error is None and generation is not None:
+            d.observed_generation = generation
+            if d.spec_generation != generation:
+                d.spec_generation, d.last_readable_spec = generation, spec.wire()
+    if d.emergency is not None and not d.emergency.finished:
         from .emergency import progress
 
-        progress(w, obs.emergency)
-    return _finish(w)
+        progress(d, obs.emergency)
+    return _finish(d, obs, spec_error)
 
 
-def _answer_request(w: _Work, status: StrategyStatus, obs: Observation) -> None:
-    last = status.last_request.id if status.last_request else None
+# --- spec -------------------------------------------------------------------------------
+
+
+def _sync_spec_hold(d: Draft, error: Optional[str]) -> None:
+    held = d.held(HoldKind.SPEC_INVALID)
+    if error is not None and not held:
+        d.hold(HoldKind.SPEC_INVALID, Transition.SPEC_INVALID,
+               f"the spec cannot be read ({error}): guarding with the last spec that could be read, not advancing",
+               source="spec", cause=Cause.SPEC)
+    elif error is not None:
+        d.holds = [h.model_copy(update={"reason": f"the spec cannot be read ({error})"}) if h in held else h for h in d.holds]
+    elif held:
+        d.lift(*held)
+        d.record(Transition.SPEC_VALID, "the spec can be read again", cause=Cause.SPEC)
+
+
+def _retry_failed_on_new_generation(d: Draft, status: StrategyStatus) -> None:
+    failed = d.held(HoldKind.FAILED)
+    if failed and d.generation is not None and d.generation != status.observed_generation:
+        d.lift(*failed)
+        d.backtest = None
+        d.record(Transition.RETRY, "spec changed: retrying the phase")
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+def _answer(d: Draft, rid: str, verb: str, outcome: RequestOutcome, message: str, by: str = "") -> None:
+    d.last_request = RequestRecord(id=rid, action=verb, outcome=outcome, message=message, by=by, at=d.now)
+    d.answered = (d.answered + [rid])[-ANSWERED_KEPT:]
+
+
+def _answer_request(d: Draft, obs: Observation) -> None:
     if obs.request is None:
-        if obs.request_error and obs.request_id and obs.request_id != last:
-            w.fields["last_request"] = RequestRecord(
-                id=obs.request_id, action="unknown", outcome="Rejected", message=obs.request_error, at=w.now
-            )
+        if obs.request_error and obs.request_id and obs.request_id not in d.answered:
+            _answer(d, obs.request_id, "unknown", RequestOutcome.REJECTED, obs.request_error)
         return
     req = obs.request
-    if req.id == last:
+    if req.id in d.answered:
         return  # answered already: a replayed annotation never acts twice
-    current = StrategyStatus.model_validate({**w.fields})
-    why_not = refusal(w.spec, current, req.verb)
+    why_not = refusal(d.spec, d.to_status(), req)
     if why_not is None:
-        _apply_request(w, req)
-    w.fields["last_request"] = RequestRecord(
-        id=req.id,
-        action=req.verb.value,
-        outcome="Rejected" if why_not else "Accepted",
-        message=why_not or f"{req.verb.value} accepted",
-        by=req.by,
-        at=w.now,
-    )
+        _apply_request(d, req)
+    _answer(d, req.id, req.verb.value, RequestOutcome.REJECTED if why_not else RequestOutcome.ACCEPTED,
+            why_not or f"{req.verb.value} accepted", req.by)
 
 
-def _apply_request(w: _Work, req: Request) -> None:
+def _apply_request(d: Draft, req: Request) -> None:
     reason = f"{req.reason} (manual {req.verb.value})"
     if req.verb is Verb.HALT:
-        w.fields["breakers"] = {
-            **w.fields["breakers"],
-            "manualHalt": BreakerStatus(
-                state=BreakerState.TRIPPED, kind="manual", action=Action.HALT, tripped_at=w.now, reason=req.reason
-            ),
-        }
-        w.set_state(State.HALTED, "halt", reason, by=req.by)
+        d.hold(HoldKind.HALT, Transition.HALT, reason, source="manualHalt", by=req.by, cause=Cause.MANUAL)
     elif req.verb is Verb.EMERGENCY:
         from .emergency import begin_emergency
 
-        begin_emergency(w, req)
+        begin_emergency(d, req)
     elif req.verb is Verb.RESET:
-        w.fields["breakers"] = {}
-        w.fields["metrics"] = w.fields["metrics"].model_copy(update={"consecutive_errors": 0})
-        w.fields["emergency"] = None
-        # Re-arm drawdown and daily loss from the value at the next read: otherwise a
-        # strategy still below its old high-water mark would trip again at once.
-        w.rearm_risk()
-        # The rung must prove itself again: the minimum duration restarts now.
-        w.fields["phase_started_at"] = w.now
-        w.fields["conditions"] = [
-            c
-            for c in w.fields["conditions"]
-            if c.type not in (ConditionType.RISK_LIMIT_BREACHED.value, ConditionType.CIRCUIT_BREAKER_TRIPPED.value)
-        ]
-        phase = w.phase
-        state = State.VALIDATING if phase.mode is Mode.BACKTEST else State.PROGRESSING
-        if w.index == len(w.spec.phases) - 1 and phase.mode is not Mode.BACKTEST:
-            state = State.COMPLETED
-        w.set_state(state, "reset", reason, by=req.by)
+        d.lift(*d.held(*STOPPING_HOLDS))
+        d.emergency = None
+        d.metrics = d.metrics.model_copy(update={"consecutive_errors": 0})
+        # The person accepts the losses so far: the series is re-based, not restarted.
+        d.risk = d.risk.model_copy(update={"book": accounting.rebase(d.risk.book), "limit_failures": {}})
+        d.record(Transition.RESET, reason, by=req.by)
+        d.new_visit()  # the rung proves itself again; an approval given before the halt is void
     elif req.verb is Verb.PAUSE:
-        w.set_state(State.PAUSED, "pause", reason, by=req.by)
+        d.hold(HoldKind.MANUAL_PAUSE, Transition.PAUSE, reason, source="manualPause", by=req.by, cause=Cause.MANUAL)
     elif req.verb is Verb.RESUME:
-        # Resume clears pause and reduce latches; a halt latch would have made the
-        # strategy Halted, and only reset clears those.
-        w.fields["breakers"] = {k: b for k, b in w.fields["breakers"].items() if b.action is Action.HALT}
-        w.fields["phase_started_at"] = w.now
-        last = w.index == len(w.spec.phases) - 1
-        w.set_state(State.COMPLETED if last else State.PROGRESSING, "resume", reason, by=req.by)
+        d.lift(*resumable(d.to_status()))
+        d.record(Transition.RESUME, reason, by=req.by)
     elif req.verb is Verb.PROMOTE:
-        w.fields["approved_phase"] = w.phase.name
-        w.record("approve", reason, by=req.by)
+        d.lift(*[h for h in d.held(HoldKind.APPROVAL_WAIT) if h.visit == d.visit])
+        d.record(Transition.APPROVE, reason, by=req.by)
 
 
-def _retry_failed_on_new_generation(w: _Work, status: StrategyStatus) -> None:
-    if w.state is State.FAILED and w.generation is not None and w.generation != status.observed_generation:
-        w.fields["backtest"] = None
-        w.set_state(
-            State.VALIDATING if w.phase.mode is Mode.BACKTEST else State.PROGRESSING,
-            "retry",
-            "spec changed: retrying the phase",
-        )
+def resumable(status: StrategyStatus) -> list[Hold]:
+    """The holds `resume` lifts now: manual pauses, risk pauses whose limit is back within
+    bounds, metrics pauses once every limit was checked at the last read."""
+    out = []
+    for h in status.holds:
+        if h.kind is HoldKind.MANUAL_PAUSE:
+            out.append(h)
+        elif h.kind is HoldKind.RISK_PAUSE and h.source not in status.risk.breaching:
+            out.append(h)
+        elif h.kind is HoldKind.METRICS_PAUSE and not status.risk.limit_failures and status.metrics.consecutive_errors == 0:
+            out.append(h)
+    return out
 
 
-def _obey_ceiling(w: _Work) -> None:
-    """A lowered ceiling takes capital off at once: step down to the highest rung within it."""
-    if w.phase.fraction <= w.spec.max_fraction and w.fields["capital_fraction"] <= w.spec.max_fraction:
+# --- the ceiling ------------------------------------------------------------------------
+
+
+def _obey_ceiling(d: Draft) -> None:
+    """The capital fraction never exceeds the rung's fraction nor spec.maxFraction (safety rule 2)."""
+    phase = d.current
+    assert phase is not None
+    cap = min(phase.fraction, d.spec.max_fraction)
+    if phase.fraction > d.spec.max_fraction and not d.stopped:
+        target = d.spec.ceiling_index()
+        if target < d.phase_index:
+            d.enter_phase(target, Transition.REDUCE,
+                          f"spec.maxFraction {d.spec.max_fraction} is below {phase.name}'s fraction {phase.fraction}: "
+                          f"stepping down to {d.spec.phases[target].name}")
+            return
+    if d.capital_fraction > cap:
+        d.capital_fraction = cap
+        d.capital = capital_of(d.spec, phase, cap)
+        d.record(Transition.REDUCE, f"capital fraction capped at {cap} (the rung's fraction {phase.fraction}, "
+                                    f"spec.maxFraction {d.spec.max_fraction})")
+        d.new_visit()
         return
-    target = w.spec.ceiling_index()
-    if target < w.index:
-        w.enter_phase(target, "reduce", f"spec.maxFraction lowered to {w.spec.max_fraction}: stepping down to {w.spec.phases[target].name}")
-        if w.state is State.COMPLETED:
-            w.fields["state"] = State.PROGRESSING
-    else:
-        w.fields["capital_fraction"] = min(w.fields["capital_fraction"], w.spec.max_fraction)
-        w.record("reduce", f"spec.maxFraction lowered to {w.spec.max_fraction}")
+    expected = capital_of(d.spec, phase, d.capital_fraction)
+    if d.capital != expected:
+        d.capital = expected  # a capital edit: the pod rolls with it, the flow is accounted at the next read
 
 
-def _observe_metrics(w: _Work, status: StrategyStatus, obs: Observation) -> bool:
-    """Fold a metrics read (or a failed one) into status. True when fresh metrics of this phase arrived."""
-    from .gates import evaluate_metric_gates
-    from .risk import evaluate_risk
+# --- metrics and risk -------------------------------------------------------------------
 
-    health = w.fields["metrics"]
-    pol = w.spec.analysis.metrics_failure
+
+def _observe_metrics(d: Draft, obs: Observation) -> bool:
+    """Fold this pass's read into status. True when a fresh read of this phase's pod was graded."""
+    if obs.read_id is not None and obs.read_id == d.metrics.last_read_id:
+        return False  # folded in already (a 409 retry, or the same observation twice)
+    phase = d.current
+    assert phase is not None
     if obs.metrics is not None:
-        already = health.last_attempt_at is not None and health.last_attempt_at >= obs.metrics.taken_at
-        w.fields["metrics"] = health.model_copy(
-            update={"consecutive_errors": 0, "last_error": "", "last_success_at": obs.metrics.taken_at, "last_attempt_at": obs.metrics.taken_at}
-        )
-        if already:
+        snap = obs.metrics
+        pod = obs.pod
+        pod_phase = pod.phase if pod is not None and pod.phase else d.phase
+        pod_spec_phase = d.spec.phase_named(pod_phase)
+        mode = pod_spec_phase.mode if pod_spec_phase is not None else (Mode(pod.mode) if pod and pod.mode in Mode._value2member_map_ else phase.mode)
+        capital = pod.capital if pod is not None and pod.capital is not None else (d.capital if pod_phase == d.phase else None)
+        evaluation = evaluate_risk(d.spec, d.risk, snap, d.now, book=accounting.book_of(mode), capital=capital)
+        d.risk = evaluation.state
+        d.metrics = d.metrics.model_copy(update={
+            "consecutive_errors": 0, "last_error": "", "last_success_at": snap.taken_at,
+            "last_attempt_at": snap.taken_at, "last_read_id": obs.read_id or "",
+        })
+        if evaluation.new_book and evaluation.state.book is not None:
+            d.record(Transition.NEW_BOOK, f"the {evaluation.state.book.name} book's risk series starts at this read")
+        _trip(d, evaluation.breaches)
+        other_pod = pod_phase != d.phase
+        if other_pod and obs.starting is False and _past_grace(d):
+            # The roll has not completed: the pod trading is not the one decided on.
+            d.risk = failed_read(d.spec, d.risk, f"the pod still runs phase {pod_phase}, not {d.phase}: the roll has not completed")
+            d.metrics = d.metrics.model_copy(update={"consecutive_errors": d.metrics.consecutive_errors + 1,
+                                                     "last_error": f"the pod still runs phase {pod_phase}"})
+        if other_pod or phase.mode is Mode.BACKTEST:
             return False
-        if obs.metrics_phase is not None and obs.metrics_phase != w.phase.name:
-            # The previous phase's pod, still shutting down, trades another book (another
-            # capital base): its values would read as a loss against the new one.
-            return False
-        evaluation = evaluate_risk(w.spec, w.fields["risk"], obs.metrics, w.now)
-        w.fields["risk"] = evaluation.state
-        _trip(w, list(evaluation.breaches))
-        if w.phase.mode is not Mode.BACKTEST:
-            w.fields["gates"] = evaluate_metric_gates(w.phase.effective_gates, w.fields["risk"], obs.metrics)
+        d.gates = evaluate_metric_gates(phase.effective_gates, d.risk, snap)
         return True
     if obs.metrics_error is not None:
-        if health.last_attempt_at is not None and health.last_attempt_at >= w.now:
-            return False  # this failure is counted already
-        errors = health.consecutive_errors + 1
-        w.fields["metrics"] = health.model_copy(
-            update={"consecutive_errors": errors, "last_error": obs.metrics_error, "last_attempt_at": w.now}
-        )
-        if errors >= pol.halt_after:
-            _trip_one(w, "metricsUnavailable", "metrics", Action.HALT, f"{errors} consecutive failed metrics reads (haltAfter {pol.halt_after}): {obs.metrics_error}")
-        elif errors >= pol.pause_after:
-            _trip_one(w, "metricsUnavailable", "metrics", Action.PAUSE, f"{errors} consecutive failed metrics reads (pauseAfter {pol.pause_after}): {obs.metrics_error}")
+        errors = d.metrics.consecutive_errors + 1
+        d.metrics = d.metrics.model_copy(update={
+            "consecutive_errors": errors, "last_error": obs.metrics_error, "last_attempt_at": d.now,
+            "last_read_id": obs.read_id or "",
+        })
+        d.risk = failed_read(d.spec, d.risk, obs.metrics_error)
     return False
 
 
-def _trip_one(w: _Work, name: str, kind: str, action: Action, reason: str, **extra: Any) -> None:
-    old = w.fields["breakers"].get(name)
-    if old is not None and old.state is BreakerState.TRIPPED and ACTION_SEVERITY[old.action] >= ACTION_SEVERITY[action]:
+def _past_grace(d: Draft) -> bool:
+    from .timing import startup_grace
+
+    return d.phase_started_at is None or d.now - d.phase_started_at >= startup_grace(d.spec)
+
+
+def _act_on_metrics_failures(d: Draft) -> None:
+    """metricsFailure: a limit not checked for pauseAfter reads pauses; for haltAfter, halts."""
+    if not d.risk.limit_failures:
         return
-    w.fields["breakers"] = {
-        **w.fields["breakers"],
-        name: BreakerStatus(state=BreakerState.TRIPPED, kind=kind, action=action, tripped_at=w.now, reason=reason, **extra),
-    }
-    w.new_trips.add(name)
+    pol = d.spec.analysis.metrics_failure
+    worst_name, worst = max(d.risk.limit_failures.items(), key=lambda kv: (kv[1], kv[0]))
+    why = next((u for u in d.risk.unchecked if u.startswith(worst_name + ":")), worst_name)
+    if worst >= pol.halt_after and not H.active(d.holds, HoldKind.HALT, "metricsUnavailable") and not d.stopped:
+        d.hold(HoldKind.HALT, Transition.HALT,
+               f"metricsUnavailable: {worst} consecutive reads could not check {why} (haltAfter {pol.halt_after})",
+               source="metricsUnavailable", cause=Cause.METRICS_ERROR)
+    elif worst >= pol.pause_after and not H.active(d.holds, HoldKind.METRICS_PAUSE, "metricsUnavailable") and not d.stopped:
+        d.hold(HoldKind.METRICS_PAUSE, Transition.PAUSE,
+               f"metricsUnavailable: {worst} consecutive reads could not check {why} (pauseAfter {pol.pause_after})",
+               source="metricsUnavailable", cause=Cause.METRICS_ERROR)
 
 
-def _trip(w: _Work, breaches: list) -> None:
-    for b in breaches:
-        _trip_one(
-            w, b.name, b.kind, b.action, b.reason,
-            value=b.value, limit=b.limit, severity=b.severity,
-        )
-        if b.severity is Severity.CRITICAL and b.kind == "risk":
+CAUSE_OF_KIND = {KIND_RISK: Cause.RISK_LIMIT_BREACHED, KIND_CIRCUIT: Cause.CIRCUIT_BREAKER_TRIPPED}
+
+
+def _trip(d: Draft, breaches: tuple[Breach, ...]) -> None:
+    """Every breach seen becomes a hold, unless one from the same limit is already in force."""
+    for b in sorted(breaches, key=lambda b: (-ACTION_SEVERITY[b.action], b.name)):
+        cause = CAUSE_OF_KIND.get(b.kind, Cause.CIRCUIT_BREAKER_TRIPPED)
+        reason = f"{b.name}: {b.reason}"
+        if b.severity is Severity.CRITICAL and b.kind == KIND_RISK and not d.held(HoldKind.EMERGENCY):
             from .emergency import begin_emergency_on_breach
 
-            begin_emergency_on_breach(w, b)
+            begin_emergency_on_breach(d, b)
+        if b.action is Action.HALT:
+            if not H.active(d.holds, HoldKind.HALT, b.name):
+                d.hold(HoldKind.HALT, Transition.HALT, reason, source=b.name, cause=cause, breach=b)
+        elif not H.active(d.holds, HoldKind.RISK_PAUSE, b.name) and not H.active(d.holds, HoldKind.HALT, b.name):
+            if b.action is Action.REDUCE and not d.stopped:
+                _reduce(d, reason, cause)
+            d.hold(HoldKind.RISK_PAUSE, Transition.PAUSE, reason, source=b.name, cause=cause, breach=b)
 
 
-def _latch_external_conditions(w: _Work) -> None:
-    """A breaker condition set by someone else (a person, an alert) is a trip like any other."""
-    tripped = _tripped(w.fields)
-    conditions = {c.type: c for c in w.fields["conditions"]}
-    # (condition, breaker kinds that already explain it, kind of the breaker it latches)
-    for ctype, explained_by, kind in (
-        (ConditionType.CIRCUIT_BREAKER_TRIPPED, ("circuit", "external", "manual"), "external"),
-        (ConditionType.RISK_LIMIT_BREACHED, ("risk",), "risk"),
+def _reduce(d: Draft, reason: str, cause: Cause) -> None:
+    """Step back one live rung, or cut the fraction by 20% where there is no lower live rung."""
+    idx, phase = d.phase_index, d.current
+    assert phase is not None
+    if phase.mode is Mode.LIVE and idx > 0 and d.spec.phases[idx - 1].mode is Mode.LIVE:
+        d.enter_phase(idx - 1, Transition.REDUCE, reason, cause=cause)
+    elif d.capital_fraction > 0:
+        d.capital_fraction = (d.capital_fraction * REDUCE_CUT).quantize(Decimal("0.0001"))
+        d.capital = capital_of(d.spec, phase, d.capital_fraction)
+        d.record(Transition.REDUCE, f"{reason}; fraction cut by 20%", cause=cause)
+        d.new_visit()
+
+
+def _latch_external_conditions(d: Draft) -> None:
+    """A breaker condition set by someone else (a person, an alert) is a halt like any other,
+    latched as a hold even while halted, so that a reset of an older halt cannot erase it."""
+    for ctype, cause in (
+        (ConditionType.CIRCUIT_BREAKER_TRIPPED, Cause.CIRCUIT_BREAKER_TRIPPED),
+        (ConditionType.RISK_LIMIT_BREACHED, Cause.RISK_LIMIT_BREACHED),
     ):
-        cond = conditions.get(ctype.value)
+        cond = next((c for c in d.conditions if c.type == ctype.value), None)
         if cond is None or cond.status != "True":
             continue
-        if any(b.kind in explained_by for b in tripped.values()):
+        if any(h.cause is cause and h.kind in (HoldKind.HALT, HoldKind.EMERGENCY, HoldKind.RISK_PAUSE) for h in d.holds):
             continue
-        _trip_one(w, f"external{ctype.value}", kind, Action.HALT, f"{ctype.value}: {cond.reason}: {cond.message}".rstrip(": "))
+        source = f"external{ctype.value}"
+        d.hold(HoldKind.HALT, Transition.HALT, f"{source}: {cond.reason}: {cond.message}".rstrip(": "),
+               source=source, cause=Cause.CIRCUIT_BREAKER_TRIPPED)
 
 
-# What made the operator act, as Events and history tell it: a metrics error is never
-# shown as a risk breach (users of other tools complain that the two look the same).
-CAUSE_OF_KIND = {
-    "metrics": "MetricsError",
-    "risk": "RiskLimitBreached",
-    "circuit": "CircuitBreakerTripped",
-    "external": "CircuitBreakerTripped",
-    "alert": "CircuitBreakerTripped",
-    "manual": "Manual",
-}
+# --- backtest and advancing -------------------------------------------------------------
 
 
-def _act_on_breakers(w: _Work) -> None:
-    tripped = _tripped(w.fields)
-    if not tripped:
+def _observe_backtest(d: Draft, bt: Optional[BacktestObservation]) -> None:
+    phase = d.current
+    if phase is None or phase.mode is not Mode.BACKTEST or bt is None or d.stopped or d.held(HoldKind.FAILED):
         return
-    worst_name, worst = max(tripped.items(), key=lambda kv: (ACTION_SEVERITY[kv[1].action], kv[0]))
-    cause = CAUSE_OF_KIND.get(worst.kind)
-    if worst.action is Action.HALT:
-        w.set_state(State.HALTED, "halt", f"{worst_name}: {worst.reason}", cause=cause)
-        return
-    # Only a trip of this decision reduces: a latched breaker seen again must not step down twice.
-    reducing = sorted(n for n in w.new_trips if tripped.get(n) is not None and tripped[n].action is Action.REDUCE)
-    if reducing:
-        _reduce(w, f"{reducing[0]}: {tripped[reducing[0]].reason}", CAUSE_OF_KIND.get(tripped[reducing[0]].kind))
-    elif w.state in (State.PROGRESSING, State.COMPLETED, State.VALIDATING):
-        w.set_state(State.PAUSED, "pause", f"{worst_name}: {worst.reason}", cause=cause)
-
-
-def _reduce(w: _Work, reason: str, cause: Optional[str]) -> None:
-    """Step back one live rung, or cut the fraction by 20% where there is no lower live rung."""
-    idx = w.index
-    if w.phase.mode is Mode.LIVE and idx > 0 and w.spec.phases[idx - 1].mode is Mode.LIVE:
-        w.enter_phase(idx - 1, "reduce", reason, cause=cause)
-    elif w.fields["capital_fraction"] > 0:
-        w.fields["capital_fraction"] = (w.fields["capital_fraction"] * REDUCE_CUT).quantize(Decimal("0.0001"))
-        w.fields["capital"] = w.spec.capital * w.fields["capital_fraction"]
-        w.fields["phase_started_at"] = w.now
-        w.rearm_risk()
-        w.record("reduce", f"{reason}; fraction cut by 20%", cause=cause)
-    else:
-        w.set_state(State.PAUSED, "pause", f"{reason}; no capital at risk to reduce, pausing", cause=cause)
-        return
-    w.fields["state"] = State.PAUSED
-    w.fields["message"] = reason
-
-
-def _observe_backtest(w: _Work, obs: Observation) -> None:
-    from .gates import evaluate_backtest_gates
-
-    if w.phase.mode is not Mode.BACKTEST or w.state is not State.VALIDATING or obs.backtest is None:
-        return
-    bt = obs.backtest
-    current = w.fields.get("backtest")
+    current = d.backtest
     if current is not None and current.job == bt.job and current.outcome in ("Passed", "Failed"):
         return
     if bt.state == "Running":
-        w.fields["backtest"] = BacktestResult(job=bt.job, outcome="Running", message=bt.message)
+        d.backtest = BacktestResult(job=bt.job, outcome="Running", message=bt.message)
         return
     if bt.state == "Failed":
-        w.fields["backtest"] = BacktestResult(job=bt.job, outcome="Failed", message=bt.message)
-        w.set_state(State.FAILED, "fail", f"backtest job {bt.job} failed: {bt.message}")
+        d.backtest = BacktestResult(job=bt.job, outcome="Failed", message=bt.message)
+        d.hold(HoldKind.FAILED, Transition.FAIL, f"backtest job {bt.job} failed: {bt.message}", source="backtest",
+               cause=Cause.BACKTEST)
         return
-    gates = evaluate_backtest_gates(w.phase.effective_gates, bt.result or {})
-    w.fields["gates"] = gates
+    gates = evaluate_backtest_gates(phase.effective_gates, bt.result or {})
+    d.gates = gates
     r = bt.result or {}
     passed = all(g.passed for g in gates)
-    w.fields["backtest"] = BacktestResult(
-        job=bt.job,
-        outcome="Passed" if passed else "Failed",
-        sharpe=r.get("sharpe"),
-        max_drawdown=r.get("maxDrawdown"),
-        walk_forward_windows=r.get("walkForwardWindows"),
+    d.backtest = BacktestResult(
+        job=bt.job, outcome="Passed" if passed else "Failed", sharpe=r.get("sharpe"),
+        max_drawdown=r.get("maxDrawdown"), walk_forward_windows=r.get("walkForwardWindows"),
         monte_carlo_runs=r.get("monteCarloRuns"),
         message="; ".join(f"{g.name}: {g.message}" for g in gates if not g.passed),
     )
     if not passed:
-        w.set_state(State.FAILED, "fail", "backtest gates failed: " + w.fields["backtest"].message)
+        d.hold(HoldKind.FAILED, Transition.FAIL, "backtest gates failed: " + d.backtest.message, source="backtest",
+               cause=Cause.BACKTEST)
 
 
-def blockers(w: _Work, snapshot_fresh: bool) -> list[str]:
+BLOCKER_REASONS = ("Held", "CeilingReached", "MinDuration", "WaitingForBacktest", "GatesNotPassed",
+                   "AwaitingApproval", "RiskUnguarded", "MetricsNotFresh")
+
+
+def blockers(d: Draft, fresh: bool) -> list[str]:
     """Everything that stops the next rung now; empty means advance."""
     out: list[str] = []
-    phase = w.phase
-    if w.state not in (State.PROGRESSING, State.VALIDATING):
-        out.append(f"state is {w.state.value}")
-    if _tripped(w.fields):
-        out.append("a breaker is tripped: " + ", ".join(sorted(_tripped(w.fields))))
-    if w.index + 1 >= len(w.spec.phases):
+    phase = d.current
+    if phase is None:
+        return ["Held: the current phase is not in the spec"]
+    blocking = [h for h in d.holds if h.kind is not HoldKind.APPROVAL_WAIT]
+    if blocking:
+        out.append("Held: " + "; ".join(f"{h.kind.value} {h.id} ({h.source or h.by})" for h in blocking))
+    if d.phase_index + 1 >= len(d.spec.phases):
         out.append("on the last rung")
         return out
-    if w.index + 1 > w.spec.ceiling_index():
-        nxt = w.spec.phases[w.index + 1]
-        out.append(f"CeilingReached: next rung {nxt.name} ({nxt.fraction}) is above spec.maxFraction {w.spec.max_fraction}")
-    started = w.fields["phase_started_at"]
-    if started is None or w.now - started < phase.min_duration_delta:
+    if d.phase_index + 1 > d.spec.ceiling_index():
+        nxt = d.spec.phases[d.phase_index + 1]
+        out.append(f"CeilingReached: next rung {nxt.name} ({nxt.fraction}) is above spec.maxFraction {d.spec.max_fraction}")
+    started = d.phase_started_at
+    if started is None or d.now - started < phase.min_duration_delta:
         out.append(f"MinDuration: {phase.name} needs {phase.min_duration or 'its default duration'} in phase")
     if phase.mode is Mode.BACKTEST:
-        bt = w.fields.get("backtest")
-        if bt is None or bt.outcome != "Passed":
+        if d.backtest is None or d.backtest.outcome != "Passed":
             out.append("WaitingForBacktest: no passing backtest result yet")
     else:
-        failed = [g for g in w.fields["gates"] if not g.passed]
+        failed = [g for g in d.gates if not g.passed]
         if failed:
             out.append("GatesNotPassed: " + "; ".join(f"{g.name}: {g.message}" for g in failed))
-    if phase.approval is Approval.MANUAL and w.fields["approved_phase"] != phase.name:
+    if any(h.kind is HoldKind.APPROVAL_WAIT and h.visit == d.visit for h in d.holds):
         out.append(f"AwaitingApproval: run `phasegate promote NAME --reason ...` to approve leaving {phase.name}")
-    if phase.mode is not Mode.BACKTEST and not snapshot_fresh:
-        # Last, so that the message reads the same whether or not this was the first look.
-        out.append("MetricsNotFresh: gates need a new metrics read of this phase's pod")
+    if phase.mode is not Mode.BACKTEST:
+        if d.risk.unchecked:
+            out.append("RiskUnguarded: limits not checked: " + "; ".join(d.risk.unchecked))
+        if not fresh:
+            out.append("MetricsNotFresh: gates need a new metrics read of this phase's pod")
     return out
 
 
-def _maybe_advance(w: _Work, obs: Observation, snapshot_fresh: bool) -> None:
-    block = blockers(w, snapshot_fresh)
+def _maybe_advance(d: Draft, obs: Observation, fresh: bool) -> None:
+    block = blockers(d, fresh)
     if block:
-        if w.state in (State.PROGRESSING, State.VALIDATING, State.COMPLETED):
-            w.fields["message"] = block[0]
+        if not d.holds or all(h.kind is HoldKind.APPROVAL_WAIT for h in d.holds):
+            d.message = block[0]
         return
-    nxt = w.spec.phases[w.index + 1]
-    gates = ", ".join(f"{g.name}={g.value}" for g in w.fields["gates"] if g.passed) or "no gates"
-    action = "complete" if w.index + 1 == len(w.spec.phases) - 1 else "advance"
-    w.enter_phase(w.index + 1, action, f"{w.phase.name} passed ({gates}); entering {nxt.name} at {nxt.fraction}", snapshot=obs.metrics)
-    # The snapshot was of the previous phase's pod: the new phase starts with no fresh read.
-    w.fields["message"] = (blockers(w, False) or [""])[0]
+    nxt = d.spec.phases[d.phase_index + 1]
+    gates = ", ".join(f"{g.name}={g.value}" for g in d.gates if g.passed) or "no gates"
+    action = Transition.COMPLETE if d.phase_index + 1 == len(d.spec.phases) - 1 else Transition.ADVANCE
+    d.enter_phase(d.phase_index + 1, action, f"{d.phase} passed ({gates}); entering {nxt.name} at {nxt.fraction}",
+                  snapshot=obs.metrics)
+    # The read was of the previous phase's pod: the new phase starts with no fresh read.
+    d.message = (blockers(d, False) or [""])[0]
 
 
-def _ready_reason(w: _Work) -> tuple[bool, str]:
-    state = w.state
-    if state in ABSORBING_STATES:
-        tripped = _tripped(w.fields)
-        if tripped:
-            name, b = max(tripped.items(), key=lambda kv: (ACTION_SEVERITY[kv[1].action], kv[0]))
-            return False, _camel_reason(name)
-        return False, state.value
+# --- conditions -------------------------------------------------------------------------
+
+
+def _reason_of(d: Draft, state: State) -> tuple[bool, str]:
+    if state in (State.HALTED, State.EMERGENCY_STOPPED):
+        newest = H.newest_stopping(d.holds)
+        src = newest.source if newest is not None else ""
+        return False, (src[:1].upper() + src[1:]) if src else state.value
     if state is State.FAILED:
         return False, "Failed"
     if state is State.PAUSED:
-        return False, "Paused"
+        kinds = [h.kind for h in d.holds]
+        return False, next((k.value for k in (HoldKind.SPEC_INVALID, HoldKind.METRICS_PAUSE, HoldKind.RISK_PAUSE,
+                                               HoldKind.MANUAL_PAUSE) if k in kinds), "Paused")
+    if d.risk.unchecked and d.current is not None and d.current.mode is not Mode.BACKTEST:
+        return True, "RiskUnguarded"
     if state is State.COMPLETED:
         return True, "Completed"
-    msg = w.fields.get("message") or ""
-    head = msg.split(":", 1)[0]
-    if head in ("CeilingReached", "MinDuration", "WaitingForBacktest", "MetricsNotFresh", "GatesNotPassed", "AwaitingApproval"):
+    head = (d.message or "").split(":", 1)[0]
+    if head in BLOCKER_REASONS:
         return True, head
     return True, state.value
 
 
-def _camel_reason(name: str) -> str:
-    return name[:1].upper() + name[1:]
-
-
-def _finish(w: _Work) -> Decision:
-    f = w.fields
-    now, gen = w.now, w.generation
-    tripped = _tripped(f)
-    conds = list(f["conditions"])
-    # A metrics error is neither a risk breach nor a breaker trip: MetricsAvailable says it.
-    risk = {n: b for n, b in tripped.items() if b.kind == "risk"}
-    circuit = {n: b for n, b in tripped.items() if b.kind not in ("risk", "metrics")}
-    conds = set_condition(
-        conds, ConditionType.RISK_LIMIT_BREACHED, bool(risk),
-        _camel_reason(min(risk)) if risk else "WithinLimits",
-        "; ".join(f"{n}: {b.reason}" for n, b in sorted(risk.items())), now, gen,
-    )
-    conds = set_condition(
-        conds, ConditionType.CIRCUIT_BREAKER_TRIPPED, bool(circuit),
-        _camel_reason(min(circuit)) if circuit else "Closed",
-        "; ".join(f"{n}: {b.reason}" for n, b in sorted(circuit.items())), now, gen,
-    )
-    health = f["metrics"]
-    phases = w.spec.phases
-    known = 0 <= w.index < len(phases) and phases[w.index].name == f["phase"]
-    if not known or phases[w.index].mode is Mode.BACKTEST:
+def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
+    now, gen = d.now, d.observed_generation
+    state = d.state()
+    conds = d.conditions
+    risk_holds = sorted({h.source for h in d.holds if h.cause is Cause.RISK_LIMIT_BREACHED and h.kind is not HoldKind.APPROVAL_WAIT})
+    circuit = sorted({h.source for h in d.holds if h.cause is Cause.CIRCUIT_BREAKER_TRIPPED})
+    conds = set_condition(conds, ConditionType.RISK_LIMIT_BREACHED, bool(risk_holds),
+                          _camel(risk_holds[0]) if risk_holds else "WithinLimits",
+                          "; ".join(h.reason for h in d.holds if h.cause is Cause.RISK_LIMIT_BREACHED), now, gen)
+    conds = set_condition(conds, ConditionType.CIRCUIT_BREAKER_TRIPPED, bool(circuit),
+                          _camel(circuit[0]) if circuit else "Closed",
+                          "; ".join(h.reason for h in d.holds if h.cause is Cause.CIRCUIT_BREAKER_TRIPPED), now, gen)
+    phase = d.current
+    health = d.metrics
+    if phase is None or phase.mode is Mode.BACKTEST:
         conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, None, "NotApplicable", "no strategy pod in this phase", now, gen)
-    elif health.consecutive_errors > 0:
-        conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, False, "MetricsUnavailable", f"{health.consecutive_errors} consecutive failed reads: {health.last_error}", now, gen)
-    elif health.last_success_at is not None:
-        conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, True, "MetricsRead", f"last read {health.last_success_at.isoformat()}", now, gen)
+        conds = set_condition(conds, ConditionType.RISK_GUARDED, None, "NotApplicable", "no strategy pod in this phase", now, gen)
     else:
-        conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, None, "NotYetRead", "no metrics read yet", now, gen)
-    halted = w.state in ABSORBING_STATES
-    conds = set_condition(conds, ConditionType.HALTED, halted, w.state.value if halted else "Trading", f["message"] if halted else "", now, gen)
-    ready, reason = _ready_reason(w)
-    conds = set_condition(conds, ConditionType.READY, ready, reason, f["message"], now, gen)
-    progressing = w.state in (State.PROGRESSING, State.VALIDATING) and reason not in ("CeilingReached", "AwaitingApproval")
-    conds = set_condition(conds, ConditionType.PROGRESSING, progressing, reason if not progressing else "Climbing", f["message"], now, gen)
-    f["conditions"] = conds
-    if gen is not None:
-        f["observed_generation"] = gen
-    new_status = StrategyStatus.model_validate(f)
-    return Decision(status=new_status, history=tuple(w.added), outcome=w.outcome, reason=w.reason or f["message"])
+        if health.consecutive_errors > 0:
+            conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, False, "MetricsUnavailable",
+                                  f"{health.consecutive_errors} consecutive failed reads: {health.last_error}", now, gen)
+        elif health.last_success_at is not None:
+            conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, True, "MetricsRead", "the last read succeeded", now, gen)
+        else:
+            conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, None, "NotYetRead", "no metrics read yet", now, gen)
+        configured = sorted(configured_limits(d.spec))
+        if d.risk.unchecked:
+            conds = set_condition(conds, ConditionType.RISK_GUARDED, False, "LimitsNotChecked",
+                                  "; ".join(d.risk.unchecked), now, gen)
+        elif health.last_success_at is None:
+            conds = set_condition(conds, ConditionType.RISK_GUARDED, None, "NotYetRead", "no metrics read yet", now, gen)
+        else:
+            conds = set_condition(conds, ConditionType.RISK_GUARDED, True, "AllLimitsChecked",
+                                  "checked at the last read: " + ", ".join(configured), now, gen)
+    conds = set_condition(conds, ConditionType.SPEC_INVALID, spec_error is not None,
+                          "SpecUnreadable" if spec_error else "SpecRead", spec_error or "", now, gen)
+    halted = state in (State.HALTED, State.EMERGENCY_STOPPED)
+    conds = set_condition(conds, ConditionType.HALTED, halted, state.value if halted else "Trading",
+                          d.message if halted else "", now, gen)
+    ready, reason = _reason_of(d, state)
+    conds = set_condition(conds, ConditionType.READY, ready, reason, d.message, now, gen)
+    progressing = state in (State.PROGRESSING, State.VALIDATING) and reason not in ("CeilingReached", "AwaitingApproval", "RiskUnguarded")
+    conds = set_condition(conds, ConditionType.PROGRESSING, progressing, "Climbing" if progressing else reason, d.message, now, gen)
+
+    desired: Optional[Desired] = None
+    why: Optional[str] = None
+    status = d.to_status()
+    if phase is not None:
+        from .emergency import flatten_wanted
+
+        desired = desired_for(d.spec, status, d.emergency.id if flatten_wanted(d.emergency) else None)
+        why = mismatch(desired, obs.children)
+        if obs.children is None:
+            conds = set_condition(conds, ConditionType.ACTUATED, None, "NotObserved", "the children were not observed", now, gen)
+        else:
+            conds = set_condition(conds, ConditionType.ACTUATED, why is None, "Actuated" if why is None else "Pending",
+                                  why or ("stopped: replicas 0 and no pod left" if desired.replicas == 0 else "the pod runs the decided template"),
+                                  now, gen)
+    elif d.stopped:
+        # The spec does not say what the pod is, but a halt needs no spec: stop it.
+        desired = Desired(replicas=0, key="", backtest_job=False, flatten_job=None)
+        why = mismatch(desired, obs.children)
+    d.conditions = conds
+    status = d.to_status()
+    return Decision(status=status, history=tuple(d.added), outcome=d.outcome, reason=d.reason or d.message,
+                    desired=desired, actuated=why)
+
+
+def _camel(name: str) -> str:
+    return name[:1].upper() + name[1:]

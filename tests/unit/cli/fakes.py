@@ -24,7 +24,7 @@ from phasegate.api import (
     contract,
 )
 from phasegate.api.spec import Action
-from phasegate.api.status import BacktestResult, EmergencyRecord, EmergencyStep, RequestRecord
+from phasegate.api.status import BacktestResult, Cause, EmergencyRecord, EmergencyStep, Hold, HoldKind, RequestRecord
 from phasegate.cli import kube
 
 NOW = datetime(2026, 1, 10, 12, 0, 0, tzinfo=UTC)
@@ -52,7 +52,7 @@ def _history(n: int, last: Optional[HistoryEntry] = None) -> list[HistoryEntry]:
         ("advance", "shadow", "live-10", "0.10"),
         ("pause", "live-10", "live-10", "0.10"),
         ("resume", "live-10", "live-10", "0.10"),
-        ("promote", "live-10", "live-10", "0.10"),
+        ("approve", "live-10", "live-10", "0.10"),
     ]
     out = []
     for i, (action, frm, to, frac) in enumerate(steps[:n]):
@@ -108,6 +108,10 @@ def mid_ladder_status(**over: Any) -> StrategyStatus:
         ],
         history=_history(7),
         history_seq=7,
+        holds=[
+            Hold(kind=HoldKind.APPROVAL_WAIT, id="v0", seq=7, source="live-10",
+                 reason="leaving live-10 needs `phasegate promote`", since=NOW - timedelta(days=2, hours=3)),
+        ],
         backtest=BacktestResult(
             job="momentum-backtest-1", outcome="Passed", sharpe=Decimal("1.42"), max_drawdown=Decimal("0.12"),
             walk_forward_windows=12, monte_carlo_runs=2000,
@@ -119,6 +123,12 @@ def mid_ladder_status(**over: Any) -> StrategyStatus:
     )
     fields.update(over)
     return StrategyStatus(**fields)
+
+
+def paused_status(**over: Any) -> StrategyStatus:
+    pause = Hold(kind=HoldKind.MANUAL_PAUSE, id="#8", seq=8, source="manualPause", cause=Cause.MANUAL,
+                 reason="investigating fills (manual pause)", since=NOW - timedelta(minutes=5), by="alice")
+    return mid_ladder_status(state=State.PAUSED, holds=[*mid_ladder_status().holds, pause], **over)
 
 
 def halted_status(**over: Any) -> StrategyStatus:
@@ -150,6 +160,10 @@ def halted_status(**over: Any) -> StrategyStatus:
         },
         history=_history(7, last=halt),
         history_seq=8,
+        holds=[
+            Hold(kind=HoldKind.HALT, id="#8", seq=8, source="maxDrawdown", cause=Cause.RISK_LIMIT_BREACHED,
+                 reason="maxDrawdown: drawdown 23% from the high-water mark", since=NOW - timedelta(minutes=10)),
+        ],
     )
     fields.update(over)
     return StrategyStatus(**fields)
@@ -158,6 +172,10 @@ def halted_status(**over: Any) -> StrategyStatus:
 def emergency_status() -> StrategyStatus:
     return halted_status(
         state=State.EMERGENCY_STOPPED,
+        holds=[
+            Hold(kind=HoldKind.EMERGENCY, id="e" * 32, seq=8, source="emergency", cause=Cause.MANUAL,
+                 reason="emergency (critical): exchange outage", since=NOW - timedelta(minutes=3), by="bob"),
+        ],
         emergency=EmergencyRecord(
             id="e" * 32, severity="critical", reason="exchange outage", by="bob",
             started_at=NOW - timedelta(minutes=3), finished=True,

@@ -16,7 +16,7 @@ from phasegate.cli import actions, kube
 from phasegate.cli.main import app
 from phasegate.policy.requests import Request, Verb
 
-from .fakes import NOW, FakeKube, halted_status, mid_ladder_status, spec, strategy_obj
+from .fakes import NOW, FakeKube, emergency_status, halted_status, mid_ladder_status, paused_status, spec, strategy_obj
 
 runner = CliRunner()
 
@@ -64,10 +64,10 @@ def test_promote_while_halted_is_refused(cluster):
     [
         ("reset", mid_ladder_status(), "nothing to reset"),
         ("resume", mid_ladder_status(), "resume continues a paused strategy"),
-        ("pause", mid_ladder_status(state=State.PAUSED), "already paused"),
-        ("promote", mid_ladder_status(approved_phase="live-10"), "already approved"),
-        ("promote", mid_ladder_status(phase="live-35", phase_index=4), "approval: auto"),
-        ("promote", mid_ladder_status(state=State.PAUSED), "resume it first"),
+        ("pause", paused_status(), "already paused"),
+        ("promote", mid_ladder_status(holds=[]), "already approved"),
+        ("promote", mid_ladder_status(phase="live-35", phase_index=4, holds=[]), "approval: auto"),
+        ("promote", halted_status(), "only `phasegate reset"),
     ],
 )
 def test_refusals_name_why(cluster, verb, status, words):
@@ -86,7 +86,7 @@ def test_promote_above_the_ceiling_is_refused(cluster):
 
 
 def test_emergency_refused_when_already_emergency_stopped(cluster):
-    set_status(cluster, halted_status(state=State.EMERGENCY_STOPPED))
+    set_status(cluster, emergency_status())
     r = invoke("emergency", "momentum", "--severity", "high", "--reason", "again")
     assert r.exit_code == 1 and "reset" in r.stderr
 
@@ -129,7 +129,7 @@ def test_no_answer_exits_2(cluster):
 
 
 def test_no_wait_returns_once_written(cluster):
-    set_status(cluster, mid_ladder_status(state=State.PAUSED))
+    set_status(cluster, paused_status())
     r = invoke("resume", "momentum", "--reason", "calm again", "--no-wait")
     assert r.exit_code == 0, r.output
     assert "resume request" in r.stdout and "written on default/momentum" in r.stdout and "alice" in r.stdout
@@ -330,7 +330,7 @@ def test_namespace_before_or_after_the_command(cluster):
     cluster.operator = "Accepted"
     assert invoke("-n", "research", "pause", "meanrev", "--reason", "x").exit_code == 0
     assert cluster.request("research", "meanrev")["action"] == "pause"
-    set_status(cluster, mid_ladder_status(state=State.PAUSED), "research", "meanrev")
+    set_status(cluster, paused_status(), "research", "meanrev")
     assert invoke("resume", "meanrev", "-n", "research", "--reason", "x").exit_code == 0
     assert cluster.request("research", "meanrev")["action"] == "resume"
     # without -n: the context's namespace (the fake's default is "default")

@@ -13,7 +13,7 @@ from phasegate.cli import render
 from phasegate.cli.model import Strategy
 from phasegate.policy.requests import Request, Verb
 
-from .fakes import NOW, emergency_status, halted_status, mid_ladder_status, spec, strategy_obj
+from .fakes import NOW, emergency_status, halted_status, mid_ladder_status, paused_status, spec, strategy_obj
 
 
 def text(obj, width=200) -> str:
@@ -54,7 +54,7 @@ def test_mid_ladder_ladder_markers():
 
 
 def test_min_duration_reached_and_approved():
-    st = mid_ladder_status(phase_started_at=NOW - timedelta(days=8), approved_phase="live-10")
+    st = mid_ladder_status(phase_started_at=NOW - timedelta(days=8), holds=[])
     row = ladder_row(text(strategy_obj(status=st)), "live-10")
     assert "8d / 7d ✓" in row
     assert "approved" in row and "needs" not in row
@@ -129,7 +129,7 @@ def test_completed_marks_every_rung_done():
 
 
 def test_paused_marker():
-    out = text(strategy_obj(status=mid_ladder_status(state=State.PAUSED)))
+    out = text(strategy_obj(status=paused_status()))
     row = ladder_row(out, "live-10")
     assert "‖ current (Paused)" in row and "needs" not in row
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from datetime import datetime, timezone
 
 import pytest
 
 from phasegate.api import State, StrategySpec, StrategyStatus, contract
+from phasegate.api.status import Hold, HoldKind
 from phasegate.manifests import Owner, backtest_job, flatten_job, service, should_run, statefulset
 
 OWNER = Owner(name="momentum", namespace="trading", uid="1234-5678")
@@ -66,9 +68,10 @@ def test_secrets_only_by_reference():
     assert c["envFrom"] == [{"secretRef": {"name": "broker-credentials"}}]
 
 
-@pytest.mark.parametrize("state", [State.HALTED, State.EMERGENCY_STOPPED, State.FAILED])
-def test_nothing_runs_when_stopped(state):
-    st = status("live-35", state=state, fraction="0.35")
+@pytest.mark.parametrize("kind", [HoldKind.HALT, HoldKind.EMERGENCY, HoldKind.FAILED])
+def test_nothing_runs_when_stopped(kind):
+    hold = Hold(kind=kind, id="#9", seq=9, reason="stopped", since=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    st = status("live-35", fraction="0.35").model_copy(update={"holds": [hold]})
     assert not should_run(SPEC, st)
     assert statefulset(SPEC, st, OWNER)["spec"]["replicas"] == 0
 
