@@ -7,6 +7,7 @@ rules included, so that `kubectl apply` rejects bad input before the operator se
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from decimal import Decimal
 from enum import Enum
@@ -17,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from typing_extensions import Annotated
 
 from .durations import parse_duration
-from .types import Boolean, Duration, Fraction, Integer, Money, Ratio
+from .types import Duration, Fraction, Money, Ratio, json_type_check
 from .timezones import TIME_ZONES
 
 _TIME_ZONE_SET = frozenset(TIME_ZONES)
@@ -37,6 +38,42 @@ class ApiModel(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The object as it travels to and from the apiserver."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_the_apiserver_reads_it(cls, data: Any) -> Any:
+        # The apiserver's verdict before pydantic's, for every model: (1) a field set to null
+        # is absent, so its default applies (no field of the CRD is nullable: the apiserver
+        # prunes the null, then defaults); (2) a bool field takes true or false and an int
+        # field a JSON integer (an int64), where pydantic's lax mode would take "yes", 1, "3"
+        # or true; a map of strings loses its null values.
+        if not isinstance(data, dict):
+            return data
+        checks = _json_type_checks(cls)
+        aliases = _wire_names(cls)
+        out = {}
+        for key, value in data.items():
+            if value is None and key in aliases:
+                continue
+            check = checks.get(key)
+            out[key] = value if check is None else check(value, key)
+        return out
+
+
+@functools.cache
+def _wire_names(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(field.alias or name for name, field in model.model_fields.items())
+
+
+@functools.cache
+def _json_type_checks(model: type[BaseModel]) -> dict[str, Any]:
+    """Field name and alias -> the JSON type check of its annotation (json_type_check), where it has one."""
+    out = {}
+    for name, field in model.model_fields.items():
+        check = json_type_check(field.annotation)
+        if check is not None:
+            out[name] = out[field.alias or name] = check
+    return out
 
 
 class Mode(str, Enum):
@@ -84,15 +121,15 @@ class Gates(ApiModel):
     max_backtest_drawdown: Optional[Fraction] = Field(
         None, description="Backtest max drawdown must be < this (0.20 is 20%)."
     )
-    min_walk_forward_windows: Optional[Integer] = Field(None, ge=0, description="Walk-forward windows >= this.")
-    min_monte_carlo_runs: Optional[Integer] = Field(None, ge=0, description="Monte Carlo resamples >= this.")
+    min_walk_forward_windows: Optional[int] = Field(None, ge=0, description="Walk-forward windows >= this.")
+    min_monte_carlo_runs: Optional[int] = Field(None, ge=0, description="Monte Carlo resamples >= this.")
     # paper, shadow, live: read from the strategy's metrics over the phase window
     min_fill_rate: Optional[Fraction] = Field(None, description="Filled / submitted orders must be > this.")
-    no_breaker_trips: Optional[Boolean] = Field(None, description="No circuit breaker trip during the phase.")
+    no_breaker_trips: Optional[bool] = Field(None, description="No circuit breaker trip during the phase.")
     min_signal_alignment: Optional[Fraction] = Field(None, description="Shadow signal alignment >= this.")
     min_execution_quality: Optional[Fraction] = Field(None, description="Execution quality >= this.")
     max_mean_latency: Optional[Duration] = Field(None, description="Mean order latency < this, e.g. 500ms.")
-    no_critical_incident: Optional[Boolean] = Field(None, description="No critical breach during the phase.")
+    no_critical_incident: Optional[bool] = Field(None, description="No critical breach during the phase.")
     max_slippage_bps: Optional[Ratio] = Field(None, description="Mean slippage in basis points <= this.")
 
 
@@ -201,8 +238,17 @@ class MetricsFailurePolicy(ApiModel):
         }
     )
 
-    pause_after: Integer = Field(3, ge=1, description="Consecutive failed reads before the strategy pauses.")
-    halt_after: Integer = Field(10, ge=1, description="Consecutive failed reads before the strategy halts.")
+    pause_after: int = Field(3, ge=1, description="Consecutive failed reads before the strategy pauses.")
+    halt_after: int = Field(10, ge=1, description="Consecutive failed reads before the strategy halts.")
+
+    @field_validator("pause_after", "halt_after", mode="before")
+    @classmethod
+    def _no_float(cls, value: Any, info: Any) -> Any:
+        # The apiserver takes 10.0 for an integer field, but this class's CEL rule cannot
+        # read it (it evaluates to an error, so the spec is refused): refuse it here too.
+        if isinstance(value, float):
+            raise ValueError(f"{to_camel(info.field_name)}: {value!r}: write a whole number such as 10, without .0")
+        return value
 
     @model_validator(mode="after")
     def _pause_before_halt(self) -> "MetricsFailurePolicy":
@@ -473,7 +519,28 @@ class StrategySpec(ApiModel):
     termination_grace_period: Duration = Field(
         "90s", description="SIGTERM to SIGKILL: stop orders, cancel pending orders, checkpoint, disconnect."
     )
-    history_limit: Integer = Field(50, ge=5, le=500, description="History entries kept in status.")
+    history_limit: int = Field(50, ge=5, le=500, description="History entries kept in status.")
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> "StrategySpec":
+        """A manifest's spec, read by its wire (camelCase) names only, as the apiserver reads
+        it: `min_duration` in a manifest is an unknown field to both. Python code uses the
+        Python names through the constructor: StrategySpec(max_fraction=..., phases=[...])."""
+        if kwargs.get("by_name") is None:
+            kwargs["by_name"] = False
+        return super().model_validate(obj, **kwargs)
+
+    @model_validator(mode="after")
+    def _check_reserved_env(self) -> "StrategySpec":
+        # The model's copy of StrategyTemplate's CEL rule on env names (checked here, where
+        # the field path is known; the rule itself lives with StrategyTemplate).
+        for i, e in enumerate(self.template.env or []):
+            if e.name.startswith("PHASEGATE_"):
+                raise ValueError(
+                    f"spec.template.env[{i}].name: {e.name!r}: env names starting with PHASEGATE_ are set by "
+                    "the operator (mode, capital, fraction); remove them from spec.template.env"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_ladder(self) -> "StrategySpec":

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Callable, Optional, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
@@ -77,19 +78,59 @@ def _ratio(value: Any) -> Decimal:
     return out
 
 
-def _integer(value: Any) -> Any:
-    # The CRD's `type: integer`: a JSON integer (the apiserver also takes 3.0 as 3), never
-    # a string ("3") or a boolean, which pydantic's lax int would accept.
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-        raise ValueError(f"{value!r} is not an integer: write a whole number such as 3, unquoted")
+_INT64 = range(-(2**63), 2**63)
+
+
+def _integer(value: Any, field: str) -> Any:
+    # The CRD's `type: integer`: an int64. The apiserver also takes an integral float within
+    # that range (3.0 as 3, 1e18), never a string ("3") or a boolean, which pydantic's lax
+    # int would accept, nor an int past int64, which Python's int would.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field}: {value!r} is not an integer: write a whole number such as 3, unquoted")
+    if isinstance(value, float) and not value.is_integer():
+        return value  # pydantic's own error: "fractional part"
+    if int(value) not in _INT64:
+        raise ValueError(f"{field}: {value!r} is out of range: an integer here is at most {2**63 - 1}")
     return value
 
 
-def _boolean(value: Any) -> Any:
+def _boolean(value: Any, field: str) -> Any:
     # The CRD's `type: boolean`: true or false, never "yes", "1" or 1 (pydantic's lax bool).
     if not isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a boolean: write true or false, unquoted")
+        raise ValueError(f"{field}: {value!r} is not a boolean: write true or false, unquoted")
     return value
+
+
+def _string_map(value: Any, field: str) -> Any:
+    # A map of strings (`additionalProperties: {type: string}`): the apiserver drops a
+    # null value (`{"a": null}` is `{}`), like a null field.
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v is not None}
+    return value
+
+
+def json_type_check(annotation: Any) -> Optional[Callable[[Any, str], Any]]:
+    """For a field annotated bool, int or dict[str, str] (Optional, Annotated or not): the
+    function that returns its value as the apiserver reads it for the CRD's schema, or raises
+    ValueError where the apiserver refuses it (`ApiModel` runs it before pydantic)."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, UnionType):
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return None
+            annotation = args[0]
+        else:
+            break
+    if annotation is bool:
+        return _boolean
+    if annotation is int:
+        return _integer
+    if get_origin(annotation) is dict and get_args(annotation) == (str, str):
+        return _string_map
+    return None
 
 
 def _duration(value: str) -> str:
@@ -141,12 +182,6 @@ DecimalString = Annotated[
     WithJsonSchema({"type": "string"}),
 ]
 """A Decimal stored in status as a string, so no precision is lost on the way."""
-
-Integer = Annotated[int, BeforeValidator(_integer)]
-"""An int as the CRD's `type: integer` takes it: bounds go in Field(ge=..., le=...)."""
-
-Boolean = Annotated[bool, BeforeValidator(_boolean)]
-"""A bool as the CRD's `type: boolean` takes it: true or false only."""
 
 Duration = Annotated[
     str,

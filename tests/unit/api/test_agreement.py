@@ -192,3 +192,47 @@ def test_the_shipped_strategies_stay_valid():
     assert specs
     for spec in specs:
         StrategySpec.model_validate(spec)
+
+
+# --- as the apiserver reads a manifest -----------------------------------------------------
+
+
+def test_a_null_field_is_absent_and_takes_its_default():
+    s = StrategySpec.model_validate({**BASE, "tradingDay": {"timeZone": None}, "historyLimit": None,
+                                     "phases": [{"name": "p", "mode": "paper", "fraction": None}]})
+    assert s.trading_day.time_zone == "UTC" and s.history_limit == 50 and s.phases[0].fraction == 0
+    refused({"capital": None}, "capital")  # required: null is missing, as for the apiserver
+
+
+def test_an_unknown_field_is_refused_even_when_null():
+    refused({"bogus": None}, "bogus")
+
+
+def test_a_manifest_uses_the_wire_names_only():
+    refused({"history_limit": 60}, "history_limit")
+    refused({"phases": [{"name": "p", "mode": "paper", "min_duration": "1d"}]}, "min_duration")
+    # Python callers keep the Python names
+    assert StrategySpec(**{k: v for k, v in StrategySpec.model_validate(BASE)}).history_limit == 50
+
+
+def test_null_values_of_a_string_map_are_dropped():
+    s = StrategySpec.model_validate({**BASE, "template": {"image": "x", "nodeSelector": {"a": None, "b": "c"}}})
+    assert s.template.node_selector == {"b": "c"}
+
+
+@pytest.mark.parametrize("value, ok", [(2**63 - 1, True), (2**63, False), (1e18, True), (1e19, False), (3.0, True),
+                                       (3.5, False)])
+def test_integers_are_int64_as_for_the_apiserver(value, ok):
+    patch = {"phases": [{"name": "p", "mode": "paper", "gates": {"minMonteCarloRuns": value}}]}
+    if ok:
+        StrategySpec.model_validate({**BASE, **patch})
+    else:
+        refused(patch, "minMonteCarloRuns")
+
+
+def test_metrics_failure_counts_are_refused_as_floats_since_the_cel_rule_cannot_read_them():
+    refused({"analysis": {"metricsFailure": {"haltAfter": 10.0}}}, "haltAfter", "whole number")
+
+
+def test_reserved_env_names_are_refused_by_the_model_too():
+    refused({"template": {"image": "x", "env": [{"name": "PHASEGATE_MODE", "value": "live"}]}}, "env", "PHASEGATE_")
