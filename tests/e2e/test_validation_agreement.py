@@ -38,7 +38,7 @@ from phasegate.api.timezones import TIME_ZONES
 from .strategy_env import install_crd
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = int(os.environ.get("PHASEGATE_AGREEMENT_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("PHASEGATE_AGREEMENT_EXAMPLES", "500"))
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -90,11 +90,11 @@ durations = st.one_of(
     st.lists(st.tuples(st.integers(0, 10**7), st.sampled_from(UNITS)), min_size=1, max_size=5).map(
         lambda parts: "".join(f"{n}{u}" for n, u in parts)),
     st.sampled_from(["3650d", "3650d1ms", "521w3d", "521w4d", "1h30m", "500ms", "0s", "7 days", "7", "d7", "1.5h",
-                     "-3s", "", "7d ", "7D", "1y", "PT5M", "9" * 33 + "s", "1s" * 16, "1s" * 17, "007s"]),
+                     "-3s", "", "7d ", "7D", "1y", "PT5M", "9" * 33 + "s", "1s" * 16, "1s" * 17, "007s", "7d\n", "٧d"]),
 )
 money = st.one_of(
     st.sampled_from(["0", "1000000", "2500.50", "007", "1" * 40, "1" * 41, "1e6", "1E6", "-0", "-5", " 100", "100 ",
-                     "1_000", "+5", ".5", "5.", "NaN", "Infinity", "1,000", "", "0x10", "١٢٣"]),
+                     "1_000", "+5", ".5", "5.", "NaN", "Infinity", "1,000", "", "0x10", "١٢٣", "100\n"]),
     st.from_regex(r"\A[0-9]{1,45}(\.[0-9]{0,3})?\Z"),
     st.integers(0, 10**7), st.floats(0, 10**7, allow_nan=False),
 )
@@ -109,10 +109,13 @@ zones = st.one_of(
     st.sampled_from(["Mars/Olympus_Mons", "posix/UTC", "right/UTC", "localtime", "Factory", "utc", "", "UTC ",
                      "America/../UTC", "America/New_York/", "EST5EDT", "US/Eastern", "Etc/GMT+5", "GMT+5"]),
 )
-names = st.sampled_from(["paper", "live-10", "", "a", "A", "-a", "a-", "a_b", "a.b", "a" * 40, "a" * 41, "0", "é"])
+names = st.sampled_from(["paper", "live-10", "", "a", "A", "-a", "a-", "a_b", "a.b", "a" * 40, "a" * 41, "0", "é",
+                         "paper\n"])
 anything = st.one_of(
-    st.none(), st.booleans(), st.integers(-2, 600), st.sampled_from([10**20, 2**53, 2**63, 3.0, 0.5, -0.5, 1e300]),
-    st.sampled_from(["", "bogus", "true", "10", "0.5", "1000000000d", "live", "paper", "UTC", "Always", "a" * 254]),
+    st.none(), st.booleans(), st.integers(-2, 600),
+    st.sampled_from([10**20, 2**53, 2**63, 10**400, -(10**400), 3.0, 0.5, -0.5, 1e300, 5e-324]),
+    st.sampled_from(["", "bogus", "true", "10", "0.5", "1000000000d", "live", "paper", "UTC", "Always", "a" * 254,
+                     "\U0001F600" * 253, "\U0001F600" * 254, "x\n", "\x00"]),
     st.just({}), st.just([]), st.just({"bogus": 1}), st.just([{}]), st.just(["x"]), st.just([None]),
     st.just({"a": None}), st.just({"a": "b", "c": None}),
 )
@@ -133,7 +136,7 @@ def value_for(key: Any, current: Any) -> st.SearchStrategy:
     if key == "name":
         return st.one_of(names, st.sampled_from(["PHASEGATE_MODE", "PHASEGATE_X", "LOG_LEVEL", "a" * 253]), anything)
     if key == "startTime":
-        return st.one_of(st.sampled_from(["00:00", "23:59", "24:00", "9:30", "09:60", "09:30 ", "0930"]), anything)
+        return st.one_of(st.sampled_from(["00:00", "23:59", "24:00", "9:30", "09:60", "09:30 ", "0930", "09:30\n", "٠٩:٣٠"]), anything)
     if isinstance(current, bool):
         return st.one_of(st.booleans(), st.sampled_from(["true", "yes", 1, 0]), anything)
     if isinstance(current, int):
@@ -276,8 +279,12 @@ LAXER = {"number written as a string": _number_as_string}
 
 
 def _named(path: tuple, text: str) -> bool:
+    if "cannot unmarshal number" in text:
+        # A number past float64 (10**400) fails the apiserver's JSON decoding, before any
+        # schema: its message names no field, and no CRD can change that. The verdict agrees.
+        return True
     keys = [p for p in path if isinstance(p, str)] or ["spec"]
-    return any(k in text for k in keys) if keys else True
+    return any(k in text for k in keys)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from typing_extensions import Annotated
 
 from .durations import parse_duration
-from .types import Duration, Fraction, Money, Ratio, json_type_check
+from .types import Duration, Fraction, Money, Ratio, json_type_check, out_of_range_number
 from .timezones import TIME_ZONES
 
 _TIME_ZONE_SET = frozenset(TIME_ZONES)
@@ -529,6 +529,14 @@ class StrategySpec(ApiModel):
         if kwargs.get("by_name") is None:
             kwargs["by_name"] = False
         return super().model_validate(obj, **kwargs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decodable_numbers(cls, data: Any) -> Any:
+        where = out_of_range_number(data)
+        if where:
+            raise ValueError(f"{where}: the number is out of range (the apiserver reads numbers as 64-bit floats)")
+        return data
 
     @model_validator(mode="after")
     def _check_reserved_env(self) -> "StrategySpec":

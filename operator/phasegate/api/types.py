@@ -7,6 +7,7 @@ timezone-aware UTC.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -61,7 +62,10 @@ def _number(value: Any, what: str) -> Decimal:
     # refuses them in a manifest, the one known case where the model is the laxer.
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is a boolean: write {what}")
-    return to_decimal(value, what=what)
+    out = to_decimal(value, what=what)
+    if not math.isfinite(float(out)):  # the apiserver reads a number as a float64
+        raise ValueError(f"{value!r} is too large: write {what}")
+    return out
 
 
 def _fraction(value: Any) -> Decimal:
@@ -107,6 +111,29 @@ def _string_map(value: Any, field: str) -> Any:
     if isinstance(value, dict):
         return {k: v for k, v in value.items() if v is not None}
     return value
+
+
+def out_of_range_number(node: Any, path: str = "spec") -> Optional[str]:
+    """The path of the first number in a manifest that the apiserver cannot decode (it reads
+    every JSON number as an int64 or a float64: 10**400 or infinity fails the whole request,
+    even inside a free-form object such as resources), or None."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            found = out_of_range_number(v, f"{path}.{k}")
+            if found:
+                return found
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found = out_of_range_number(v, f"{path}[{i}]")
+            if found:
+                return found
+    elif isinstance(node, (int, float, Decimal)) and not isinstance(node, bool):
+        try:
+            if not math.isfinite(float(node)):
+                return path
+        except OverflowError:
+            return path
+    return None
 
 
 def json_type_check(annotation: Any) -> Optional[Callable[[Any, str], Any]]:

@@ -236,3 +236,10 @@ def test_metrics_failure_counts_are_refused_as_floats_since_the_cel_rule_cannot_
 
 def test_reserved_env_names_are_refused_by_the_model_too():
     refused({"template": {"image": "x", "env": [{"name": "PHASEGATE_MODE", "value": "live"}]}}, "env", "PHASEGATE_")
+
+
+@pytest.mark.parametrize("patch", [{"template": {"image": "x", "resources": {"limits": {"cpu": 10**400}}}},
+                                   {"template": {"image": "x", "tolerations": [{"tolerationSeconds": float("inf")}]}},
+                                   {"riskLimits": {"maxDrawdown": {"threshold": 10**400}}}])
+def test_a_number_the_apiserver_cannot_decode_is_refused_anywhere(patch):
+    refused(patch, "out of range")
