@@ -136,7 +136,8 @@ def value_for(key: Any, current: Any) -> st.SearchStrategy:
     if key == "name":
         return st.one_of(names, st.sampled_from(["PHASEGATE_MODE", "PHASEGATE_X", "LOG_LEVEL", "a" * 253]), anything)
     if key == "startTime":
-        return st.one_of(st.sampled_from(["00:00", "23:59", "24:00", "9:30", "09:60", "09:30 ", "0930", "09:30\n", "٠٩:٣٠"]), anything)
+        times = ["00:00", "23:59", "24:00", "9:30", "09:60", "09:30 ", "0930", "09:30\n", "٠٩:٣٠"]
+        return st.one_of(st.sampled_from(times), anything)
     if isinstance(current, bool):
         return st.one_of(st.booleans(), st.sampled_from(["true", "yes", 1, 0]), anything)
     if isinstance(current, int):

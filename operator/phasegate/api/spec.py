@@ -18,8 +18,8 @@ from pydantic.alias_generators import to_camel
 from typing_extensions import Annotated
 
 from .durations import parse_duration
-from .types import Duration, Fraction, Money, Ratio, json_type_check, out_of_range_number
 from .timezones import TIME_ZONES
+from .types import Duration, Fraction, Money, Ratio, json_type_check, out_of_range_number
 
 _TIME_ZONE_SET = frozenset(TIME_ZONES)
 
@@ -251,7 +251,7 @@ class MetricsFailurePolicy(ApiModel):
         return value
 
     @model_validator(mode="after")
-    def _pause_before_halt(self) -> "MetricsFailurePolicy":
+    def _pause_before_halt(self) -> MetricsFailurePolicy:
         if self.pause_after > self.halt_after:
             raise ValueError(
                 f"spec.analysis.metricsFailure.pauseAfter: {self.pause_after} must be <= haltAfter "
@@ -280,7 +280,7 @@ class Analysis(ApiModel):
     metrics_failure: MetricsFailurePolicy = Field(default_factory=MetricsFailurePolicy)
 
     @model_validator(mode="after")
-    def _prometheus_needs_address(self) -> "Analysis":
+    def _prometheus_needs_address(self) -> Analysis:
         # the model's copy of this class's CEL rule
         if self.source == MetricsSourceType.PROMETHEUS and self.prometheus is None:
             raise ValueError("spec.analysis.prometheus: source: prometheus needs spec.analysis.prometheus.address")
@@ -522,7 +522,7 @@ class StrategySpec(ApiModel):
     history_limit: int = Field(50, ge=5, le=500, description="History entries kept in status.")
 
     @classmethod
-    def model_validate(cls, obj: Any, **kwargs: Any) -> "StrategySpec":
+    def model_validate(cls, obj: Any, **kwargs: Any) -> StrategySpec:
         """A manifest's spec, read by its wire (camelCase) names only, as the apiserver reads
         it: `min_duration` in a manifest is an unknown field to both. Python code uses the
         Python names through the constructor: StrategySpec(max_fraction=..., phases=[...])."""
@@ -539,7 +539,7 @@ class StrategySpec(ApiModel):
         return data
 
     @model_validator(mode="after")
-    def _check_reserved_env(self) -> "StrategySpec":
+    def _check_reserved_env(self) -> StrategySpec:
         # The model's copy of StrategyTemplate's CEL rule on env names (checked here, where
         # the field path is known; the rule itself lives with StrategyTemplate).
         for i, e in enumerate(self.template.env or []):
