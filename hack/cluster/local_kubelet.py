@@ -14,8 +14,12 @@ What it does, per pod bound to the node (spec.nodeName=local-process):
   PYTHONUNBUFFERED=1, PHASEGATE_POD_IP (the pod's address, from 127.77.0.0/16 by default,
   unique among live pods) and PHASEGATE_TERMINATION_MESSAGE_PATH (a per-pod file: the
   container's terminationMessagePath cannot be written on this host);
-- an env value that starts with a volumeMount's mountPath is rewritten to a local folder
-  (emptyDir and others: per pod; persistentVolumeClaim: per claim, so it survives the pod);
+- a value of the pod's env that starts with a volumeMount's mountPath is rewritten to a local
+  folder (emptyDir and others: per pod; persistentVolumeClaim: per claim, so it survives the
+  pod); a volume mounted at /tmp also sets TMPDIR to its folder (unless the pod sets TMPDIR);
+- securityContext (runAsUser, readOnlyRootFilesystem, capabilities, seccomp) is accepted and
+  not enforced: the process runs as this kubelet's user. The apiserver's PodSecurity
+  admission is what checks those fields (tests/e2e/test_pod_security_e2e.py);
 - working directory, logs and termination message in <state>/pods/<namespace>/<pod>/:
   `<container>.log` (stdout+stderr, appended across restarts), `termination-log`, `pid`;
 - status: Running with podIP, Ready (readinessProbe httpGet/tcpSocket/exec honoured, else
@@ -349,6 +353,7 @@ class PodRunner(threading.Thread):
             contract.ENV_POD_IP: self.ip,
             contract.ENV_TERMINATION_MESSAGE_PATH: str(self.term_path),
         })
+        declared: set[str] = set()  # the pod's own variables (not this kubelet's PATH, HOME, ...)
         for src in self.c.get("envFrom") or []:
             prefix = src.get("prefix", "")
             for kind in ("configMapRef", "secretRef"):
@@ -356,19 +361,30 @@ class PodRunner(threading.Thread):
                     ref = src[kind]
                     data = self.k.read_data(kind, self.ns, ref["name"], optional=ref.get("optional", False))
                     env.update({prefix + k: v for k, v in data.items()})
+                    declared.update(prefix + k for k in data)
         for e in self.c.get("env") or []:
             if "valueFrom" in e:
                 value = self.value_from(e["valueFrom"])
                 if value is not None:
                     env[e["name"]] = value
+                    declared.add(e["name"])
             else:
                 env[e["name"]] = expand(e.get("value", ""), env)
+                declared.add(e["name"])
         mounts = self.volume_mounts()
-        for k, v in env.items():
+        # Only the pod's own values are rewritten: a mount at /tmp must not move this
+        # kubelet's PATH or VIRTUAL_ENV when the checkout itself lives under /tmp.
+        for k in declared:
+            v = env[k]
             for mount_path, local in mounts:
                 if v == mount_path or v.startswith(mount_path.rstrip("/") + "/"):
                     env[k] = str(local) + v[len(mount_path.rstrip("/")):]
                     break
+        # A volume at /tmp (the strategy pods' emptyDir) is where temporary files go, as in
+        # a container: TMPDIR points at its local folder unless the pod sets TMPDIR itself.
+        tmp = next((local for mount_path, local in mounts if mount_path.rstrip("/") == "/tmp"), None)
+        if tmp is not None and "TMPDIR" not in declared:
+            env["TMPDIR"] = str(tmp)
         return env
 
     def value_from(self, vf: dict) -> str | None:
