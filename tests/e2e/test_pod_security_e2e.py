@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import subprocess
 import time
 import types
 import urllib.request
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -245,6 +247,43 @@ def test_podsecurity_admission_refuses_each_loosened_field_and_admits_the_built_
         _privileged(bad["spec"]["template"])
         resp = create[kind](namespace, bad, dry_run="All", _preload_content=False)
         assert any("would violate PodSecurity" in w for w in warnings_of(resp)), f"{kind}: no warning for a privileged template"
+
+
+BAD_TEMPLATES = [
+    ({"runAsUser": 0}, "spec.template.runAsUser"),
+    ({"runAsGroup": 0}, "spec.template.runAsGroup"),
+    ({"fsGroup": 0}, "spec.template.fsGroup"),
+    ({"runAsUser": -5}, "spec.template.runAsUser"),
+    ({"automountServiceAccountToken": True}, "automountServiceAccountToken: true needs spec.template.serviceAccountName"),
+    ({"securityContext": {"privileged": True}}, "securityContext"),
+    ({"hostNetwork": True}, "hostNetwork"),
+    ({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}, "volumes"),
+]
+
+
+@pytest.mark.timeout(90)
+def test_the_crd_refuses_a_template_that_would_loosen_the_pod(k8s, namespace, cluster, kubeconfig, tmp_path):
+    """At apply time, naming the field: root ids, a token without an account, and fields the
+    template does not have (kubectl's strict field validation)."""
+    kubectl = str(cluster.bin_dir / "kubectl")
+    for i, (template, words) in enumerate(BAD_TEMPLATES):
+        body = plans.strategy(f"bad-{i}", max_fraction=0.1)
+        body["spec"]["template"].update(template)
+        path = tmp_path / f"bad-{i}.yaml"
+        path.write_text(yaml.safe_dump(body))
+        res = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "apply", "-f", str(path)],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode != 0, f"{template} was accepted"
+        assert words in res.stderr, f"{template}: {res.stderr}"
+    good = plans.strategy("good", max_fraction=0.1)
+    good["spec"]["template"].update(runAsUser=1000, runAsGroup=1000, fsGroup=1000, readOnlyRootFilesystem=False,
+                                    serviceAccountName="strategy", automountServiceAccountToken=True)
+    stored = Strategies(k8s, namespace).create(good)["spec"]["template"]
+    assert stored["runAsUser"] == 1000 and stored["automountServiceAccountToken"] is True
+    defaulted = Strategies(k8s, namespace).create(plans.strategy("defaults", max_fraction=0.1))["spec"]["template"]
+    assert (defaulted["runAsUser"], defaulted["runAsGroup"], defaulted["fsGroup"]) == (65532, 65532, 65532)
+    assert defaulted["readOnlyRootFilesystem"] is True and defaulted["automountServiceAccountToken"] is False
+    assert defaulted.get("securityContext") is None
 
 
 # --------------------------------------------------------------------------- the ladder there
