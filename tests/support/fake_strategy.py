@@ -20,7 +20,8 @@ It honours the strategy pod contract of DESIGN.md without trading anything:
 * PHASEGATE_MODE=flatten: logs "flatten", waits $FAKE_FLATTEN_SECONDS (default 0),
   exits $FAKE_FLATTEN_EXIT (default 0).
 
-Healthy defaults: portfolio 1000000, cash 500000 (50%), largest position 0.02, signal
+Healthy defaults: portfolio 1000000, cash 500000 (50%) for a 1,000,000 book (money is
+scaled by PHASEGATE_CAPITAL / 1,000,000, as a strategy sizes its book), largest position 0.02, signal
 alignment 0.99, execution quality 0.95, slippage 2 bps, position discrepancy 0, fill
 rate 100%, latency 0.1 s, no breaker trips, no errors.
 
@@ -194,7 +195,8 @@ class State:
             for key, (name, doc) in GAUGES.items():
                 v = self.gauges[key]
                 if v is not None:
-                    yield GaugeMetricFamily(name, doc, value=float(v))
+                    scale = BOOK_SCALE if key in MONEY_GAUGES else 1.0
+                    yield GaugeMetricFamily(name, doc, value=float(v) * scale)
             for name, doc, v in (
                 ("strategy_orders_submitted", "Orders submitted.", self.submitted),
                 ("strategy_orders_filled", "Orders filled.", self.filled),
@@ -215,6 +217,12 @@ class State:
                 "strategy_order_latency_seconds", "Order latency.", buckets=buckets, sum_value=self.latency_sum
             )
 
+
+# The book is sized with PHASEGATE_CAPITAL, as the SDK sizes it: the values set through
+# /control are for a 1,000,000 book, and a rung that allots more or less capital shows
+# proportionally more or less money (so a rung change is a flow, not a gain or a loss).
+MONEY_GAUGES = ("portfolio_value", "cash")
+BOOK_SCALE = float(os.environ.get("PHASEGATE_CAPITAL") or 1_000_000) / 1_000_000 or 1.0
 
 STATE = State()
 REGISTRY = CollectorRegistry(auto_describe=False)

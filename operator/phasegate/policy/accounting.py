@@ -3,8 +3,10 @@
 The operator moves the capital at risk itself (a rung change, a reduce, a capital edit)
 and tells the pod through PHASEGATE_CAPITAL; the pod books the difference as cash. So
 the operator knows each flow exactly: it is the change of the capital the reads were
-taken under. A step from the last read (value V0, capital C0) to this one (V1, C1) has
-the return (V1 - (C1 - C0)) / V0, and the book's index is the product of those returns.
+taken under. The flow happens when the new rung's pod starts, before it trades, so a step
+from the last read (value V0, capital C0) to this one (V1, C1) has the return
+V1 / (V0 + (C1 - C0)): the time-weighted return with the flow at the start of the step.
+The book's index is the product of those returns.
 Drawdown and daily loss are read off the index: a rung change moves the capital, not
 the index, so neither re-arms, and a day's losses add up across rung changes and
 reduces. Paper (paper and shadow) and live are separate books: entering live capital
@@ -53,11 +55,14 @@ def step(prev: Optional[Book], name: str, value: Decimal, capital: Decimal, day:
     A trading day never goes back: a read stamped earlier than the day already open
     (a clock stepped back) counts in the open day.
     """
-    if prev is None or prev.name != name or prev.last_value is None or prev.last_value <= 0:
+    flow = capital - prev.last_capital if prev is not None and prev.last_capital is not None else ZERO
+    if prev is None or prev.name != name or prev.last_value is None:
         book = Book(name=name, started_at=at, trading_day=day, last_value=value, last_capital=capital)
         return Step(book=book, started=True, flow=ZERO)
-    flow = capital - prev.last_capital if prev.last_capital is not None else ZERO
-    ret = max(ZERO, (value - flow) / prev.last_value)
+    base = prev.last_value + flow
+    # A cut larger than the book leaves nothing to measure a return on: the step is taken
+    # as flat, and the losses so far stay on the index (never a fresh start).
+    ret = value / base if base > 0 else ONE
     index = prev.index * ret
     hwm = max(prev.high_water_mark, index)
     day_open, trading_day = prev.day_open, prev.trading_day

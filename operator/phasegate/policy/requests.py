@@ -39,12 +39,15 @@ def refusal(spec: StrategySpec, status: StrategyStatus, req: "Request | Verb") -
             return None
         if not target:
             return f"a reset must name the halt it lifts: the newest is {newest.id} ({newest.source}); pass it with --halt {newest.id}"
-        if not H.matches(newest, target):
-            older = next((h for h in stopping if H.matches(h, target)), None)
-            if older is not None:
-                return (f"{target} is not the newest halt: the strategy was halted again since by {newest.id} "
-                        f"({newest.source}: {newest.reason}); review it and reset naming {newest.id}")
+        named = next((h for h in stopping if H.matches(h, target)), None)
+        if named is None:
             return f"{target} names no halt in force; the newest is {newest.id} ({newest.source})"
+        later = [h for h in stopping if h.since > named.since]
+        if later:
+            # Holds set by one decision share their time: naming any of them is naming that moment.
+            last = max(later, key=lambda h: h.seq)
+            return (f"{target} is not the newest halt: the strategy was halted again since by {last.id} "
+                    f"({last.reason}); review it and reset naming {last.id}")
         return None
     if stopping:
         return f"the strategy is {state.value}: only `phasegate reset NAME --reason ...` re-enables it"

@@ -22,8 +22,8 @@ from phasegate.api.observations import (
     MetricsSnapshot,
     counter_increases,
 )
-from phasegate.api.spec import ACTION_SEVERITY, Action, Limit, StrategySpec, TradingDay
-from phasegate.api.status import RiskState, Severity
+from phasegate.api.spec import ACTION_SEVERITY, Action, Limit, RiskLimits, StrategySpec, TradingDay
+from phasegate.api.status import Book, RiskState, Severity
 
 from . import accounting
 
@@ -212,6 +212,26 @@ def _limit_breach(
     )
 
 
+def _loss_breaches(limits: RiskLimits, drawdown: Decimal, daily_loss: Decimal, book: str, series: Book) -> list[Breach]:
+    out = []
+    if limits.max_drawdown is not None and drawdown > limits.max_drawdown.threshold:
+        lim = limits.max_drawdown
+        out.append(_limit_breach(
+            "maxDrawdown", lim, drawdown,
+            f"drawdown {pct(drawdown, lim.threshold)} from the {book} book's high-water mark "
+            f"(flow-adjusted) exceeds limit {pct(lim.threshold, drawdown)}",
+        ))
+    if limits.max_daily_loss is not None and daily_loss > limits.max_daily_loss.threshold:
+        lim = limits.max_daily_loss
+        day = series.trading_day.isoformat() if series.trading_day else "?"
+        out.append(_limit_breach(
+            "maxDailyLoss", lim, daily_loss,
+            f"daily loss {pct(daily_loss, lim.threshold)} (flow-adjusted, trading day {day}) "
+            f"exceeds limit {pct(lim.threshold, daily_loss)}",
+        ))
+    return out
+
+
 def configured_limits(spec: StrategySpec) -> dict[str, Limit]:
     """The limits the spec sets, by their camelCase name."""
     out: dict[str, Limit] = {}
@@ -251,6 +271,9 @@ def evaluate_risk(
     series = prev.book
     new_book = False
 
+    # Every read is folded into the series, even one stamped earlier than the last (a clock
+    # stepped back): a loss it shows is real. Folding the same read twice changes nothing
+    # (same value, same capital: a return of 1); the decision folds each read once anyway.
     if value.is_finite() and value > 0:
         today = trading_day_of(t, spec.trading_day)
         if series is not None and series.trading_day is not None and today < series.trading_day:
@@ -260,28 +283,7 @@ def evaluate_risk(
         series, new_book = moved.book, moved.started
         drawdown, daily_loss = moved.drawdown, moved.daily_loss
         readings.update(drawdown=drawdown, dailyLoss=daily_loss, index=series.index)
-        if limits.max_drawdown is not None and drawdown > limits.max_drawdown.threshold:
-            lim = limits.max_drawdown
-            breaches.append(
-                _limit_breach(
-                    "maxDrawdown",
-                    lim,
-                    drawdown,
-                    f"drawdown {pct(drawdown, lim.threshold)} from the {book} book's high-water mark "
-                    f"(flow-adjusted) exceeds limit {pct(lim.threshold, drawdown)}",
-                )
-            )
-        if limits.max_daily_loss is not None and daily_loss > limits.max_daily_loss.threshold:
-            lim = limits.max_daily_loss
-            breaches.append(
-                _limit_breach(
-                    "maxDailyLoss",
-                    lim,
-                    daily_loss,
-                    f"daily loss {pct(daily_loss, lim.threshold)} (flow-adjusted, trading day "
-                    f"{series.trading_day.isoformat() if series.trading_day else '?'}) exceeds limit {pct(lim.threshold, daily_loss)}",
-                )
-            )
+        breaches.extend(_loss_breaches(limits, drawdown, daily_loss, book, series))
     else:
         why = f"portfolio value {value} is not a positive number"
         for name in ("maxDrawdown", "maxDailyLoss", "minCashFraction"):
@@ -446,7 +448,9 @@ def evaluate_risk(
             "book": series,
             "limit_failures": {n: c for n, c in failures.items() if c},
             "unchecked": [f"{n}: {why}" for n, why in sorted(unchecked.items())],
-            "breaching": sorted({b.name for b in breaches if b.kind == KIND_RISK}),
+            # A rate is measured once per rate window: one still open stays open until measured again.
+            "breaching": sorted({b.name for b in breaches if b.kind == KIND_RISK}
+                                | (set(prev.breaching) & _RATE_LIMITS if not advancing else set())),
             "last_sample_at": t if advancing else last,
             "rate_since": rate_since,
             "rate_counters": rate_base,

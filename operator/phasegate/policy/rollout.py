@@ -303,12 +303,11 @@ def decide(
 
 def _sync_spec_hold(d: Draft, error: Optional[str]) -> None:
     held = d.held(HoldKind.SPEC_INVALID)
+    reason = f"the spec cannot be read ({error}): guarding with the last spec that could be read, not advancing"
     if error is not None and not held:
-        d.hold(HoldKind.SPEC_INVALID, Transition.SPEC_INVALID,
-               f"the spec cannot be read ({error}): guarding with the last spec that could be read, not advancing",
-               source="spec", cause=Cause.SPEC)
+        d.hold(HoldKind.SPEC_INVALID, Transition.SPEC_INVALID, reason, source="spec", cause=Cause.SPEC)
     elif error is not None:
-        d.holds = [h.model_copy(update={"reason": f"the spec cannot be read ({error})"}) if h in held else h for h in d.holds]
+        d.holds = [h.model_copy(update={"reason": reason}) if h in held else h for h in d.holds]
     elif held:
         d.lift(*held)
         d.record(Transition.SPEC_VALID, "the spec can be read again", cause=Cause.SPEC)
@@ -528,7 +527,7 @@ def _latch_external_conditions(d: Draft) -> None:
             continue
         source = f"external{ctype.value}"
         d.hold(HoldKind.HALT, Transition.HALT, f"{source}: {cond.reason}: {cond.message}".rstrip(": "),
-               source=source, cause=Cause.CIRCUIT_BREAKER_TRIPPED)
+               source=source, cause=cause)
 
 
 # --- backtest and advancing -------------------------------------------------------------
