@@ -107,7 +107,8 @@ class Strategies:
 
 
 def history_actions(status: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(h["action"], h.get("to", "")) for h in status.get("history", [])]
+    """The ladder's moves and the manual actions (a new book's series start is bookkeeping)."""
+    return [(h["action"], h.get("to", "")) for h in status.get("history", []) if h["action"] != "new-book"]
 
 
 def start_operator(kubeconfig: Path, namespace: str, tmp_path: Path, **kw: Any) -> OperatorProcess:

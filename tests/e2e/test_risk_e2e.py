@@ -99,7 +99,8 @@ def test_daily_loss_breach_halts(op, ts):
     control(ts, "daily", {"portfolio_value": "935000"})
     st = ts.wait("daily", lambda s: s.get("state") == "Halted", 20, "Halted")
     assert "maxDailyLoss" in tripped(st)
-    assert Decimal(st["risk"]["dayOpenValue"]) == Decimal("1000000")
+    book = st["risk"]["book"]  # flow-adjusted: the day opened at the series' first read, index 1
+    assert Decimal(book["dayOpen"]) == 1 and Decimal(book["index"]) == Decimal("0.935")
 
 
 @pytest.mark.timeout(120)

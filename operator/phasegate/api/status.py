@@ -154,6 +154,7 @@ class Hold(ApiModel):
     value: Optional[DecimalString] = None
     limit: Optional[DecimalString] = None
     severity: Optional[Severity] = None
+    action: Optional[Action] = Field(None, description="The action of the limit behind it (halt, reduce, pause).")
 
 
 class HistoryEntry(ApiModel):
@@ -238,6 +239,9 @@ class MetricsHealth(ApiModel):
     last_success_at: Optional[UtcTime] = None
     last_attempt_at: Optional[UtcTime] = None
     last_read_id: str = Field("", description="Id of the last read folded in: a read counts once.")
+    phase_pod_read_at: Optional[UtcTime] = Field(
+        None, description="When the pod of the current phase was last read: after that, an unready pod is a failed read, not a start-up."
+    )
 
 
 class GateResult(ApiModel):

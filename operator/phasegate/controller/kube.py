@@ -39,6 +39,7 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.events = client.EventsV1Api(api)
+        self.networking = client.NetworkingV1Api(api)
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> dict[str, Any]:
         """Replace what we own of status, only if nobody wrote since `resource_version`."""
@@ -71,6 +72,8 @@ class Kube:
             await self.core.patch_namespaced_service(name, ns, body, **kwargs)
         elif kind == "Job":
             await self.batch.patch_namespaced_job(name, ns, body, **kwargs)
+        elif kind == "NetworkPolicy":
+            await self.networking.patch_namespaced_network_policy(name, ns, body, **kwargs)
         else:  # pragma: no cover - a programming error, not a user error
             raise ValueError(f"cannot apply {kind}")
 
@@ -91,6 +94,22 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    async def network_policy_exists(self, namespace: str, name: str) -> bool:
+        try:
+            await self.networking.read_namespaced_network_policy(name, namespace)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    async def delete_network_policy(self, namespace: str, name: str) -> None:
+        try:
+            await self.networking.delete_namespaced_network_policy(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     async def get_pod(self, namespace: str, name: str) -> Optional[Any]:
         try:

@@ -96,7 +96,8 @@ async def read_metrics(
     )
     if not ready:
         started = status.phase_started_at or now
-        if now - started < startup_grace(spec):
+        seen = status.metrics.phase_pod_read_at
+        if now - started < startup_grace(spec) and (seen is None or seen < started):
             # A roll stops the old pod before it starts the new one: a start-up, not a failure (and not a pass).
             return {"starting": True}
         return {"metrics_error": f"strategy pod {pod_name} is not running and ready", "read_id": read_id}

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from phasegate.api import ConditionType, HistoryEntry, StrategySpec, StrategyStatus
 from phasegate.api.observations import Observation
 from phasegate.api.status import STOPPING_HOLDS
-from phasegate.manifests import Owner, backtest_job, flatten_job, service, statefulset
+from phasegate.manifests import Owner, backtest_job, flatten_job, network_policy, service, statefulset
 from phasegate.metrics.source import MetricsSource
 from phasegate.policy.conditions import set_condition
 from phasegate.policy.desired import needs_apply
@@ -142,7 +142,8 @@ class Reconciler:
             self._log_transition(log, entry, ns, name, new)
         self._export(ns, name, new, spec)
         await self._post_events(owner, new, rv)
-        await self._actuate(owner, spec, new, decision, obs)
+        await self._actuate(owner, spec, new, decision, obs,
+                            spec_changed=status.observed_generation != meta.get("generation"))
         telemetry.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
         return spec, obs
 
@@ -165,7 +166,19 @@ class Reconciler:
         except Conflict:
             pass  # someone wrote since: the next pass posts again (Event names make that a no-op)
 
-    async def _actuate(self, owner: Owner, spec: StrategySpec, status: StrategyStatus, decision: Decision, obs: Observation) -> None:
+    async def _network_policy(self, owner: Owner, spec: StrategySpec, *, spec_changed: bool) -> None:
+        """spec.networkPolicy, compared with what exists on every pass."""
+        wanted = network_policy(spec, owner)
+        if wanted is not None:
+            if spec_changed or not await self.kube.network_policy_exists(owner.namespace, owner.name):
+                await self.kube.apply(wanted)
+        elif spec_changed:
+            await self.kube.delete_network_policy(owner.namespace, owner.name)  # turned off: gone (404 is fine)
+
+    async def _actuate(
+        self, owner: Owner, spec: StrategySpec, status: StrategyStatus, decision: Decision, obs: Observation,
+        *, spec_changed: bool,
+    ) -> None:
         """Make the children what the decision says, whenever they are not (level-triggered)."""
         desired = decision.desired
         if desired is None:
@@ -178,6 +191,7 @@ class Reconciler:
             if spec.phase_named(status.phase) is not None:
                 await self.kube.apply(service(owner, spec))
                 await self.kube.apply(statefulset(spec, status, owner))
+        await self._network_policy(owner, spec, spec_changed=spec_changed)
         if desired.backtest_job and obs.backtest is None:
             work.append(self.kube.create_job(backtest_job(spec, status, owner)))
         if desired.flatten_job and (obs.emergency is None or obs.emergency.flatten is None):

@@ -12,7 +12,8 @@ import json
 from decimal import Decimal
 from typing import Any, Optional
 
-from phasegate.api import ABSORBING_STATES, Mode, State, StrategySpec, StrategyStatus, contract
+from phasegate.api import Mode, StrategySpec, StrategyStatus, contract
+from phasegate.policy.desired import desired_key, pod_runs
 
 from . import security
 from .meta import Owner, labels
@@ -26,13 +27,8 @@ __all__ = [
 
 
 def should_run(spec: StrategySpec, status: StrategyStatus) -> bool:
-    """Whether the strategy pod runs: never when halted, failed or in a backtest phase."""
-    if status.state in ABSORBING_STATES or status.state in (State.FAILED, State.PENDING):
-        return False
-    if not status.phase:
-        return False
-    phase = spec.phase_named(status.phase)
-    return phase is not None and phase.mode is not Mode.BACKTEST
+    """Whether the strategy pod runs: the decision's, from the holds (phasegate.policy.desired)."""
+    return pod_runs(spec, status)
 
 
 def _fraction_text(value: Decimal) -> str:
@@ -114,6 +110,17 @@ def _pod_spec(spec: StrategySpec, container: dict[str, Any], restart: str) -> di
     return pod
 
 
+def _mode_of(spec: StrategySpec, status: StrategyStatus) -> str:
+    phase = spec.phase_named(status.phase)
+    return phase.mode.value if phase is not None else ""
+
+
+def _capital_text(spec: StrategySpec, status: StrategyStatus) -> str:
+    """The PHASEGATE_CAPITAL the pod gets, as the operator's risk accounting needs it."""
+    env = {e["name"]: e.get("value") for e in pod_environment(spec, status, "")}
+    return str(env.get(contract.ENV_CAPITAL) or "0")
+
+
 def statefulset(spec: StrategySpec, status: StrategyStatus, owner: Owner) -> dict[str, Any]:
     """One replica at most, ever: a StatefulSet never runs two pods of one ordinal (safety rule 1)."""
     env = pod_environment(spec, status, owner.name)
@@ -121,7 +128,10 @@ def statefulset(spec: StrategySpec, status: StrategyStatus, owner: Owner) -> dic
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _metadata(owner, owner.name, "strategy"),
+        "metadata": {
+            **_metadata(owner, owner.name, "strategy"),
+            "annotations": {contract.ANNOTATION_DESIRED_KEY: desired_key(spec, status)},
+        },
         "spec": {
             "replicas": 1 if should_run(spec, status) else 0,
             "serviceName": owner.name,
@@ -131,7 +141,11 @@ def statefulset(spec: StrategySpec, status: StrategyStatus, owner: Owner) -> dic
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": {contract.ANNOTATION_PHASE: status.phase},
+                    "annotations": {
+                        contract.ANNOTATION_PHASE: status.phase,
+                        contract.ANNOTATION_MODE: _mode_of(spec, status),
+                        contract.ANNOTATION_CAPITAL: _capital_text(spec, status),
+                    },
                 },
                 "spec": _pod_spec(spec, _container(spec, env, with_probe=True), "Always"),
             },

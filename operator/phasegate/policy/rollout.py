@@ -110,6 +110,7 @@ class Draft:
     spec_generation: Optional[int]
     last_readable_spec: Optional[dict]
     added: list[HistoryEntry] = field(default_factory=list)
+    base: Optional[StrategyStatus] = None  # the status decided on
     outcome: str = "hold"
     reason: str = ""
 
@@ -126,6 +127,7 @@ class Draft:
             metrics=status.metrics, gates=list(status.gates), backtest=status.backtest,
             emergency=status.emergency, events_posted_seq=status.events_posted_seq,
             spec_generation=status.spec_generation, last_readable_spec=status.last_readable_spec,
+            base=status,
         )
 
     # --- reading -------------------------------------------------------------------
@@ -165,16 +167,17 @@ class Draft:
         return entry
 
     def hold(
-        self, kind: HoldKind, action: Transition, reason: str, *, source: str, by: str = OPERATOR,
+        self, kind: HoldKind, action: Optional[Transition], reason: str, *, source: str, by: str = OPERATOR,
         cause: Optional[Cause] = None, breach: Optional[Breach] = None, hold_id: Optional[str] = None,
     ) -> Hold:
-        """Add a hold and the history entry that records it (safety rule 4)."""
-        entry = self.record(action, reason, by=by, cause=cause)
+        """Add a hold and the history entry that records it (safety rule 4); with `action`
+        None the hold belongs to the entry just recorded (a reduce and its pause are one step)."""
+        entry = self.record(action, reason, by=by, cause=cause) if action is not None else self.added[-1]
         h = Hold(
             kind=kind, id=hold_id or f"#{entry.seq}", seq=entry.seq, source=source, cause=cause,
             reason=reason, since=self.now, by=by, visit=self.visit,
             value=breach.value if breach else None, limit=breach.limit if breach else None,
-            severity=breach.severity if breach else None,
+            severity=breach.severity if breach else None, action=breach.action if breach else None,
         )
         self.holds.append(h)
         self.message = reason
@@ -242,11 +245,11 @@ def breakers_of(holds: list[Hold]) -> dict[str, BreakerStatus]:
         if h.kind not in action_of or not h.source:
             continue
         old = out.get(h.source)
-        if old is not None and old.action is not None and ACTION_SEVERITY[old.action] >= ACTION_SEVERITY[action_of[h.kind]]:
+        if old is not None and old.action is not None and ACTION_SEVERITY[old.action] >= ACTION_SEVERITY[h.action or action_of[h.kind]]:
             continue
         out[h.source] = BreakerStatus(
             state=BreakerState.TRIPPED, kind=kind_of.get(h.cause, "external") if h.cause else "external",
-            value=h.value, limit=h.limit, severity=h.severity, action=action_of[h.kind],
+            value=h.value, limit=h.limit, severity=h.severity, action=h.action or action_of[h.kind],
             tripped_at=h.since, reason=h.reason,
         )
     return out
@@ -444,6 +447,7 @@ def _observe_metrics(d: Draft, obs: Observation) -> bool:
                                                      "last_error": f"the pod still runs phase {pod_phase}"})
         if other_pod or phase.mode is Mode.BACKTEST:
             return False
+        d.metrics = d.metrics.model_copy(update={"phase_pod_read_at": d.now})
         d.gates = evaluate_metric_gates(phase.effective_gates, d.risk, snap)
         return True
     if obs.metrics_error is not None:
@@ -471,11 +475,11 @@ def _act_on_metrics_failures(d: Draft) -> None:
     why = next((u for u in d.risk.unchecked if u.startswith(worst_name + ":")), worst_name)
     if worst >= pol.halt_after and not H.active(d.holds, HoldKind.HALT, "metricsUnavailable") and not d.stopped:
         d.hold(HoldKind.HALT, Transition.HALT,
-               f"metricsUnavailable: {worst} consecutive reads could not check {why} (haltAfter {pol.halt_after})",
+               f"metricsUnavailable: {worst} consecutive failed metrics reads could not check {why} (haltAfter {pol.halt_after})",
                source="metricsUnavailable", cause=Cause.METRICS_ERROR)
     elif worst >= pol.pause_after and not H.active(d.holds, HoldKind.METRICS_PAUSE, "metricsUnavailable") and not d.stopped:
         d.hold(HoldKind.METRICS_PAUSE, Transition.PAUSE,
-               f"metricsUnavailable: {worst} consecutive reads could not check {why} (pauseAfter {pol.pause_after})",
+               f"metricsUnavailable: {worst} consecutive failed metrics reads could not check {why} (pauseAfter {pol.pause_after})",
                source="metricsUnavailable", cause=Cause.METRICS_ERROR)
 
 
@@ -495,22 +499,24 @@ def _trip(d: Draft, breaches: tuple[Breach, ...]) -> None:
             if not H.active(d.holds, HoldKind.HALT, b.name):
                 d.hold(HoldKind.HALT, Transition.HALT, reason, source=b.name, cause=cause, breach=b)
         elif not H.active(d.holds, HoldKind.RISK_PAUSE, b.name) and not H.active(d.holds, HoldKind.HALT, b.name):
-            if b.action is Action.REDUCE and not d.stopped:
-                _reduce(d, reason, cause)
-            d.hold(HoldKind.RISK_PAUSE, Transition.PAUSE, reason, source=b.name, cause=cause, breach=b)
+            reduced = b.action is Action.REDUCE and not d.stopped and _reduce(d, reason, cause)
+            d.hold(HoldKind.RISK_PAUSE, None if reduced else Transition.PAUSE, reason, source=b.name, cause=cause, breach=b)
 
 
-def _reduce(d: Draft, reason: str, cause: Cause) -> None:
+def _reduce(d: Draft, reason: str, cause: Cause) -> bool:
     """Step back one live rung, or cut the fraction by 20% where there is no lower live rung."""
     idx, phase = d.phase_index, d.current
     assert phase is not None
     if phase.mode is Mode.LIVE and idx > 0 and d.spec.phases[idx - 1].mode is Mode.LIVE:
         d.enter_phase(idx - 1, Transition.REDUCE, reason, cause=cause)
-    elif d.capital_fraction > 0:
+        return True
+    if d.capital_fraction > 0:
         d.capital_fraction = (d.capital_fraction * REDUCE_CUT).quantize(Decimal("0.0001"))
         d.capital = capital_of(d.spec, phase, d.capital_fraction)
         d.record(Transition.REDUCE, f"{reason}; fraction cut by 20%", cause=cause)
         d.new_visit()
+        return True
+    return False
 
 
 def _latch_external_conditions(d: Draft) -> None:
@@ -705,6 +711,9 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
         why = mismatch(desired, obs.children)
     d.conditions = conds
     status = d.to_status()
+    if d.base is not None and status.model_copy(update={"clock": d.base.clock}) == d.base:
+        # Nothing else changed: time alone is no reason to write (a write wakes another pass).
+        status = d.base
     return Decision(status=status, history=tuple(d.added), outcome=d.outcome, reason=d.reason or d.message,
                     desired=desired, actuated=why)
 
