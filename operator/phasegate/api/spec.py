@@ -11,11 +11,10 @@ import functools
 from datetime import timedelta
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-from typing_extensions import Annotated
 
 from .durations import parse_duration
 from .timezones import TIME_ZONES
@@ -141,7 +140,10 @@ class Phase(ApiModel):
             "x-kubernetes-validations": [
                 {
                     "rule": "self.mode == 'live' ? double(self.fraction) > 0.0 : double(self.fraction) == 0.0",
-                    "message": "fraction must be > 0 for a live phase and 0 for backtest, paper and shadow phases (they put no capital at risk)",
+                    "message": (
+                        "fraction must be > 0 for a live phase and 0 for backtest, paper and shadow phases"
+                        " (they put no capital at risk)"
+                    ),
                 }
             ]
         }
@@ -158,7 +160,9 @@ class Phase(ApiModel):
     fraction: Fraction = Field(Decimal(0), description="Fraction of capital at risk in this phase.")
     min_duration: Optional[Duration] = Field(
         None,
-        description="Least time in this phase before it may be left. Default by mode: paper 14d, shadow 7d, live 7d, backtest 0s.",
+        description=(
+            "Least time in this phase before it may be left. Default by mode: paper 14d, shadow 7d, live 7d, backtest 0s."
+        ),
     )
     gates: Optional[Gates] = Field(
         None, description="Gates to leave this phase. Omitted: the protocol's defaults for the mode; {} for none."
@@ -231,7 +235,10 @@ class MetricsFailurePolicy(ApiModel):
             "x-kubernetes-validations": [
                 {
                     "rule": "self.pauseAfter <= self.haltAfter",
-                    "message": "pauseAfter must be <= haltAfter (the strategy pauses before it halts): lower spec.analysis.metricsFailure.pauseAfter or raise haltAfter",
+                    "message": (
+                        "pauseAfter must be <= haltAfter (the strategy pauses before it halts):"
+                        " lower spec.analysis.metricsFailure.pauseAfter or raise haltAfter"
+                    ),
                     "fieldPath": ".pauseAfter",
                 }
             ]
@@ -307,7 +314,10 @@ class StrategyTemplate(ApiModel):
             "x-kubernetes-validations": [
                 {
                     "rule": "!has(self.env) || self.env.all(e, !e.name.startsWith('PHASEGATE_'))",
-                    "message": "env names starting with PHASEGATE_ are set by the operator (mode, capital, fraction); remove them from spec.template.env",
+                    "message": (
+                        "env names starting with PHASEGATE_ are set by the operator (mode, capital, fraction);"
+                        " remove them from spec.template.env"
+                    ),
                 },
                 {
                     "rule": "!has(self.automountServiceAccountToken) || !self.automountServiceAccountToken"
@@ -412,7 +422,7 @@ class NetworkPolicySpec(ApiModel):
     )
 
 
-def _default_phases() -> list["Phase"]:
+def _default_phases() -> list[Phase]:
     return [
         Phase(name="backtest", mode=Mode.BACKTEST, min_duration="0s", gates=DEFAULT_GATES[Mode.BACKTEST]),
         Phase(name="paper", mode=Mode.PAPER, min_duration="14d", gates=DEFAULT_GATES[Mode.PAPER]),
@@ -425,7 +435,9 @@ def _default_phases() -> list["Phase"]:
             gates=Gates(no_critical_incident=True),
             approval=Approval.MANUAL,
         ),
-        Phase(name="live-35", mode=Mode.LIVE, fraction=Decimal("0.35"), min_duration="7d", gates=Gates(no_critical_incident=True)),
+        Phase(
+            name="live-35", mode=Mode.LIVE, fraction=Decimal("0.35"), min_duration="7d", gates=Gates(no_critical_incident=True)
+        ),
         Phase(
             name="live-65",
             mode=Mode.LIVE,
@@ -484,12 +496,21 @@ class StrategySpec(ApiModel):
                 },
                 {
                     "rule": "self.phases.filter(p, p.mode == 'live').map(p, double(p.fraction)).isSorted()",
-                    "message": "live fractions must not decrease along the ladder: order spec.phases so that each live rung risks at least as much as the one before",
+                    "message": (
+                        "live fractions must not decrease along the ladder:"
+                        " order spec.phases so that each live rung risks at least as much as the one before"
+                    ),
                     "fieldPath": ".phases",
                 },
                 {
-                    "rule": "!self.phases.exists(p, p.mode == 'live') || has(self.riskLimits.maxDrawdown) || has(self.riskLimits.maxDailyLoss)",
-                    "message": "a strategy with a live phase needs spec.riskLimits.maxDrawdown or spec.riskLimits.maxDailyLoss: never deploy without circuit breakers",
+                    "rule": (
+                        "!self.phases.exists(p, p.mode == 'live')"
+                        " || has(self.riskLimits.maxDrawdown) || has(self.riskLimits.maxDailyLoss)"
+                    ),
+                    "message": (
+                        "a strategy with a live phase needs spec.riskLimits.maxDrawdown or spec.riskLimits.maxDailyLoss:"
+                        " never deploy without circuit breakers"
+                    ),
                     "fieldPath": ".riskLimits",
                 },
             ]
@@ -551,7 +572,7 @@ class StrategySpec(ApiModel):
         return self
 
     @model_validator(mode="after")
-    def _check_ladder(self) -> "StrategySpec":
+    def _check_ladder(self) -> StrategySpec:
         # The same rules the CRD's CEL enforces, so that the CLI, tests and a
         # manifest check outside the cluster give the same answer as the apiserver.
         names = [p.name for p in self.phases]
@@ -559,7 +580,7 @@ class StrategySpec(ApiModel):
         if dups:
             raise ValueError(f"spec.phases: duplicate phase name(s) {dups}: phase names must be unique")
         live = [p.fraction for p in self.phases if p.mode == Mode.LIVE]
-        if any(b < a for a, b in zip(live, live[1:])):
+        if any(b < a for a, b in zip(live, live[1:], strict=False)):
             raise ValueError("spec.phases: live fractions must not decrease along the ladder")
         for p in self.phases:
             if (p.mode == Mode.LIVE) != (p.fraction > 0):

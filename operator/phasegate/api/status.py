@@ -240,7 +240,10 @@ class MetricsHealth(ApiModel):
     last_attempt_at: Optional[UtcTime] = None
     last_read_id: str = Field("", description="Id of the last read folded in: a read counts once.")
     phase_pod_read_at: Optional[UtcTime] = Field(
-        None, description="When the pod of the current phase was last read: after that, an unready pod is a failed read, not a start-up."
+        None,
+        description=(
+            "When the pod of the current phase was last read: after that, an unready pod is a failed read, not a start-up."
+        ),
     )
 
 
@@ -304,7 +307,9 @@ class StrategyStatus(ApiModel):
     answered: list[str] = Field(default_factory=list, description="Ids of the last requests answered, newest last.")
     events_posted_seq: int = Field(0, description="Seq of the newest history entry whose Event was posted.")
     spec_generation: Optional[int] = Field(None, description="Generation of last_readable_spec.")
-    last_readable_spec: Optional[K8sObject] = Field(None, description="The last spec the operator could read: it guards with it while a newer one cannot be read.")
+    last_readable_spec: Optional[K8sObject] = Field(
+        None, description="The last spec the operator could read: it guards with it while a newer one cannot be read."
+    )
     risk: RiskState = Field(default_factory=RiskState)
     metrics: MetricsHealth = Field(default_factory=MetricsHealth)
     gates: list[GateResult] = Field(default_factory=list)

@@ -367,8 +367,11 @@ def reset(
     namespace: NamespaceOpt = None, kubeconfig: KubeconfigOpt = None, context: ContextOpt = None,
     halt_id: Annotated[
         Optional[str],
-        typer.Option("--halt", help="The halt it lifts (#17, or an emergency id); default: the newest, as `phasegate status` shows it.",
-                     show_default=False),
+        typer.Option(
+            "--halt",
+            help="The halt it lifts (#17, or an emergency id); default: the newest, as `phasegate status` shows it.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Re-enable a halted strategy (never automatic). The reset names the halt it lifts, so a

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Optional
 
 from aiohttp import web
@@ -50,7 +50,9 @@ async def trip_from_alert(namespace: str, name: str, alert: dict[str, Any]) -> s
             return "not-found"
         status = obj.get("status") or {}
         conditions = [c for c in status.get("conditions") or [] if c.get("type") != ConditionType.CIRCUIT_BREAKER_TRIPPED.value]
-        old = next((c for c in status.get("conditions") or [] if c.get("type") == ConditionType.CIRCUIT_BREAKER_TRIPPED.value), None)
+        old = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == ConditionType.CIRCUIT_BREAKER_TRIPPED.value), None
+        )
         if old is not None and old.get("status") == "True":
             return "already-tripped"
         cond = Condition(
@@ -58,10 +60,12 @@ async def trip_from_alert(namespace: str, name: str, alert: dict[str, Any]) -> s
             status="True",
             reason=_reason(alertname),
             message=f"{message} (via Alertmanager)",
-            last_transition_time=datetime.now(timezone.utc),
+            last_transition_time=datetime.now(UTC),
         )
         try:
-            await kube.patch_status(namespace, name, {"conditions": conditions + [cond.wire()]}, obj["metadata"]["resourceVersion"])
+            await kube.patch_status(
+                namespace, name, {"conditions": conditions + [cond.wire()]}, obj["metadata"]["resourceVersion"]
+            )
         except Conflict:
             continue
         telemetry.log_for(namespace, name).warning("alert tripped the breaker", alertname=alertname, message=message)

@@ -55,7 +55,9 @@ class Kube:
 
     async def get_strategy(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
         try:
-            return await self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name)
+            return await self.custom.get_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None

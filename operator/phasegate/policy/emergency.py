@@ -31,7 +31,7 @@ def emergency_id(name_seed: str, at: datetime) -> str:
     return hashlib.sha256(f"{name_seed}@{at.isoformat()}".encode()).hexdigest()[:12]
 
 
-def _start(w: "Draft", severity: str, reason: str, by: str, seed: str, cause: Cause) -> None:
+def _start(w: Draft, severity: str, reason: str, by: str, seed: str, cause: Cause) -> None:
     critical = severity == "critical"
     steps = [
         EmergencyStep(name="stop_orders", outcome="Running", started_at=w.now),
@@ -48,11 +48,11 @@ def _start(w: "Draft", severity: str, reason: str, by: str, seed: str, cause: Ca
            by=by, cause=cause, hold_id=record.id)
 
 
-def begin_emergency(w: "Draft", req: Any) -> None:
+def begin_emergency(w: Draft, req: Any) -> None:
     _start(w, req.severity or "high", req.reason, req.by, req.id, Cause.MANUAL)
 
 
-def begin_emergency_on_breach(w: "Draft", breach: Any) -> None:
+def begin_emergency_on_breach(w: Draft, breach: Any) -> None:
     """A critical breach runs the whole sequence, flatten included."""
     if w.emergency is not None or w.held(HoldKind.EMERGENCY):
         return
@@ -68,7 +68,7 @@ def _step(record: EmergencyRecord, name: str) -> EmergencyStep:
     return next(s for s in record.steps if s.name == name)
 
 
-def progress(w: "Draft", obs: Optional[EmergencyObservation]) -> None:
+def progress(w: Draft, obs: Optional[EmergencyObservation]) -> None:
     """Move the running sequence on with what the controller saw; each outcome recorded once."""
     record: Optional[EmergencyRecord] = w.emergency
     if record is None or record.finished or obs is None:
@@ -76,7 +76,9 @@ def progress(w: "Draft", obs: Optional[EmergencyObservation]) -> None:
     spec = w.spec
     limits = {
         "stop_orders": parse_duration(spec.emergency.stop_orders_timeout),
-        "cancel_orders": parse_duration(spec.emergency.stop_orders_timeout) + parse_duration(spec.emergency.cancel_orders_timeout),
+        "cancel_orders": (
+            parse_duration(spec.emergency.stop_orders_timeout) + parse_duration(spec.emergency.cancel_orders_timeout)
+        ),
         "flatten": parse_duration(spec.emergency.flatten_timeout),
     }
     for name in ("stop_orders", "cancel_orders"):
@@ -98,11 +100,14 @@ def progress(w: "Draft", obs: Optional[EmergencyObservation]) -> None:
     if flat.outcome == "Running":
         elapsed = w.now - flat.started_at if flat.started_at else timedelta(0)
         if obs.flatten == "Succeeded":
-            record = _replace(record, "flatten", outcome="Succeeded", duration_seconds=elapsed.total_seconds(), message="all positions closed")
+            record = _replace(record, "flatten", outcome="Succeeded", duration_seconds=elapsed.total_seconds(),
+                              message="all positions closed")
         elif obs.flatten == "Failed":
-            record = _replace(record, "flatten", outcome="Failed", duration_seconds=elapsed.total_seconds(), message=obs.flatten_message or "flatten job failed")
+            record = _replace(record, "flatten", outcome="Failed", duration_seconds=elapsed.total_seconds(),
+                              message=obs.flatten_message or "flatten job failed")
         elif elapsed > limits["flatten"]:
-            record = _replace(record, "flatten", outcome="TimedOut", duration_seconds=elapsed.total_seconds(), message=f"not done after {limits['flatten']}")
+            record = _replace(record, "flatten", outcome="TimedOut", duration_seconds=elapsed.total_seconds(),
+                              message=f"not done after {limits['flatten']}")
     if first_two_done and _step(record, "flatten").outcome not in ("Pending", "Running"):
         record = _replace(record, "lockdown", outcome="Succeeded", started_at=w.now, duration_seconds=0.0,
                           message="EmergencyStopped: only `phasegate reset` re-enables trading")

@@ -6,14 +6,13 @@ with a message that says what is missing: "could not read" is never "passed".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 from phasegate.api.durations import parse_duration
-from phasegate.api.spec import Gates
-from phasegate.api.status import GateResult, RiskState
 from phasegate.api.observations import (
     C_BREAKER_PREFIX,
     C_LATENCY_COUNT,
@@ -22,6 +21,8 @@ from phasegate.api.observations import (
     C_ORDERS_SUBMITTED,
     MetricsSnapshot,
 )
+from phasegate.api.spec import Gates
+from phasegate.api.status import GateResult, RiskState
 
 from .risk import advance_counters, fmt, pct, seconds
 
@@ -45,7 +46,7 @@ class PhaseWindow:
     started_at: Optional[datetime] = None
 
     @classmethod
-    def of(cls, state: RiskState) -> "PhaseWindow":
+    def of(cls, state: RiskState) -> PhaseWindow:
         return cls(
             totals={k: Decimal(v) for k, v in state.window_totals.items()},
             counters={k: Decimal(v) for k, v in state.window_counters.items()},
@@ -156,24 +157,26 @@ def evaluate_metric_gates(
                 )
             out.append(_result(name, ok, fmt(max(trips, Decimal(window.circuit_trips))), "0", msg))
 
-    for name, thr, value, metric, noun in (
+    ratio_gates: tuple[tuple[str, Optional[Decimal], Optional[Decimal], str, str], ...] = (
         ("minSignalAlignment", gates.min_signal_alignment, snap.signal_alignment if snap else None,
          "strategy_signal_alignment_ratio", "signal alignment"),
         ("minExecutionQuality", gates.min_execution_quality, snap.execution_quality if snap else None,
          "strategy_execution_quality_ratio", "execution quality"),
-    ):
-        if thr is None:
+    )
+    # The loop has its own names: `thr` above is a Decimal, these thresholds may be unset.
+    for name, ratio_thr, value, metric, noun in ratio_gates:
+        if ratio_thr is None:
             continue
-        t = fmt(thr, 4)
+        t = fmt(ratio_thr, 4)
         if snap is None:
             out.append(_missing(name, t, unread))
         elif value is None:
             out.append(_missing(name, t, f"the strategy does not export {metric}"))
         else:
-            ok = value >= thr
+            ok = value >= ratio_thr
             out.append(
                 _result(name, ok, fmt(value, 4), t,
-                        f"{noun} {pct(value, thr)} {'>=' if ok else '<'} {pct(thr, value)}")
+                        f"{noun} {pct(value, ratio_thr)} {'>=' if ok else '<'} {pct(ratio_thr, value)}")
             )
 
     if gates.max_mean_latency is not None:

@@ -16,7 +16,7 @@ from phasegate.api.status import HoldKind, State, StrategyStatus
 from . import holds as H
 
 
-def refusal(spec: StrategySpec, status: StrategyStatus, req: "Request | Verb") -> Optional[str]:
+def refusal(spec: StrategySpec, status: StrategyStatus, req: Request | Verb) -> Optional[str]:
     """Why the request is not allowed now, or None when it is. A bare Verb checks the verb alone
     (for reset: that something can be reset at all)."""
     verb = req if isinstance(req, Verb) else req.verb
@@ -38,7 +38,8 @@ def refusal(spec: StrategySpec, status: StrategyStatus, req: "Request | Verb") -
         if isinstance(req, Verb):
             return None
         if not target:
-            return f"a reset must name the halt it lifts: the newest is {newest.id} ({newest.source}); pass it with --halt {newest.id}"
+            return (f"a reset must name the halt it lifts: the newest is {newest.id} ({newest.source}); "
+                    f"pass it with --halt {newest.id}")
         named = next((h for h in stopping if H.matches(h, target)), None)
         if named is None:
             return f"{target} names no halt in force; the newest is {newest.id} ({newest.source})"
@@ -64,7 +65,8 @@ def refusal(spec: StrategySpec, status: StrategyStatus, req: "Request | Verb") -
         lifts = resumable(status)
         if not lifts:
             kept = "; ".join(f"{h.kind.value} {h.id} ({h.source}): {h.reason}" for h in paused)
-            return f"nothing can be resumed yet: {kept} (the limit is still breached, or not every limit was checked at the last read)"
+            return (f"nothing can be resumed yet: {kept} "
+                    "(the limit is still breached, or not every limit was checked at the last read)")
         return None
     if verb is Verb.PROMOTE:
         if state is State.COMPLETED:

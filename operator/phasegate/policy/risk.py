@@ -8,10 +8,11 @@ Decimal throughout.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Mapping, Optional
+from typing import Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from phasegate.api.durations import parse_duration
@@ -116,7 +117,7 @@ def day_boundary(day: date, td: TradingDay) -> datetime:
     """
     tz = _zone(td)
     wall = datetime.combine(day, _start(td))
-    t0 = wall.replace(tzinfo=tz, fold=0).astimezone(timezone.utc)
+    t0 = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
     if t0.astimezone(tz).replace(tzinfo=None) == wall:
         return t0
     # In a gap: fold=1 maps the wall time with the offset after the jump, which is an
@@ -130,7 +131,7 @@ def day_boundary(day: date, td: TradingDay) -> datetime:
             hi = mid
         else:
             lo = mid
-    return datetime.fromtimestamp(hi, timezone.utc)
+    return datetime.fromtimestamp(hi, UTC)
 
 
 def trading_day_of(at: datetime, td: TradingDay) -> date:
@@ -263,7 +264,7 @@ def evaluate_risk(
     so reconciling twice with the same snapshot changes nothing.
     """
     limits = spec.risk_limits
-    t = min(snap.taken_at, now.astimezone(timezone.utc))
+    t = min(snap.taken_at, now.astimezone(UTC))
     value = snap.portfolio_value
     readings: dict[str, Decimal] = {"portfolioValue": value}
     breaches: list[Breach] = []
@@ -338,7 +339,8 @@ def evaluate_risk(
                     "maxPositionDiscrepancy",
                     lim,
                     disc,
-                    f"position discrepancy {pct(disc, lim.threshold)} against the broker exceeds limit {pct(lim.threshold, disc)}",
+                    f"position discrepancy {pct(disc, lim.threshold)} against the broker "
+                    f"exceeds limit {pct(lim.threshold, disc)}",
                 )
             )
     else:

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from typer.testing import CliRunner
 
-from phasegate.api import State, contract
+from phasegate.api import contract
 from phasegate.cli import actions, kube
 from phasegate.cli.main import app
 from phasegate.policy.requests import Request, Verb

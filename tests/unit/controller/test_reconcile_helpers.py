@@ -27,7 +27,10 @@ def apply_merge_patch(target, patch):
     return out
 
 
-@given(st.dictionaries(st.text(max_size=3), json_values, max_size=4), st.dictionaries(st.text(max_size=3), json_values, max_size=4))
+@given(
+    st.dictionaries(st.text(max_size=3), json_values, max_size=4),
+    st.dictionaries(st.text(max_size=3), json_values, max_size=4),
+)
 def test_merge_patch_turns_old_into_new(old, new):
     def no_nulls(x):
         if isinstance(x, dict):

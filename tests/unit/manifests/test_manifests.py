@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
-from datetime import datetime, timezone
 
 import pytest
 
@@ -70,7 +70,7 @@ def test_secrets_only_by_reference():
 
 @pytest.mark.parametrize("kind", [HoldKind.HALT, HoldKind.EMERGENCY, HoldKind.FAILED])
 def test_nothing_runs_when_stopped(kind):
-    hold = Hold(kind=kind, id="#9", seq=9, reason="stopped", since=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    hold = Hold(kind=kind, id="#9", seq=9, reason="stopped", since=datetime(2026, 1, 1, tzinfo=UTC))
     st = status("live-35", fraction="0.35").model_copy(update={"holds": [hold]})
     assert not should_run(SPEC, st)
     assert statefulset(SPEC, st, OWNER)["spec"]["replicas"] == 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Optional
 
@@ -15,7 +15,7 @@ from phasegate.policy.accounting import book_of
 from phasegate.policy.requests import Request, Verb
 from phasegate.policy.rollout import Observation, capital_of, decide
 
-T0 = datetime(2026, 11, 2, 14, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)
 _ids = itertools.count(1)
 _reads = itertools.count(1)
 

@@ -3,7 +3,7 @@ rules the README's risk section states."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from phasegate.policy.accounting import rebase, step
 
 D = Decimal
-T0 = datetime(2026, 3, 2, 14, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 DAY = date(2026, 3, 2)
 RUNGS = [D("0.10"), D("0.35"), D("0.65"), D("1")]
 BASE = D("1000000")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 from typing import Any
 
@@ -21,7 +21,7 @@ from phasegate.policy.gates import (
 )
 from phasegate.policy.risk import evaluate_risk
 
-T0 = datetime(2024, 3, 11, 15, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 11, 15, 0, tzinfo=UTC)
 SPEC = StrategySpec.model_validate(
     {"capital": "1000000", "account": "a", "maxFraction": 1, "template": {"image": "x"}}
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal as D
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,7 +22,7 @@ from phasegate.policy.risk import (
     trading_day_of,
 )
 
-T0 = datetime(2024, 3, 11, 15, 0, tzinfo=timezone.utc)  # a Monday, 11:00 in New York
+T0 = datetime(2024, 3, 11, 15, 0, tzinfo=UTC)  # a Monday, 11:00 in New York
 
 
 def make_spec(**overrides: Any) -> StrategySpec:
@@ -244,15 +244,15 @@ def test_daily_loss_from_the_day_open_and_reset_at_the_boundary():
 
 def test_day_boundary_moves_with_dst_in_utc():
     td = TradingDay(start_time="17:00", time_zone="America/New_York")
-    assert day_boundary(date(2024, 3, 8), td) == datetime(2024, 3, 8, 22, 0, tzinfo=timezone.utc)
-    assert day_boundary(date(2024, 3, 11), td) == datetime(2024, 3, 11, 21, 0, tzinfo=timezone.utc)
+    assert day_boundary(date(2024, 3, 8), td) == datetime(2024, 3, 8, 22, 0, tzinfo=UTC)
+    assert day_boundary(date(2024, 3, 11), td) == datetime(2024, 3, 11, 21, 0, tzinfo=UTC)
 
 
 def test_start_time_inside_the_spring_forward_gap():
     # 2024-03-10 in New York: 02:00 EST jumps to 03:00 EDT; 02:30 never happens.
     td = TradingDay(start_time="02:30", time_zone="America/New_York")
     boundary = day_boundary(date(2024, 3, 10), td)
-    assert boundary == datetime(2024, 3, 10, 7, 0, tzinfo=timezone.utc)  # the jump, 03:00 EDT
+    assert boundary == datetime(2024, 3, 10, 7, 0, tzinfo=UTC)  # the jump, 03:00 EDT
     assert trading_day_of(boundary - timedelta(seconds=1), td) == date(2024, 3, 9)
     assert trading_day_of(boundary, td) == date(2024, 3, 10)
 
@@ -260,9 +260,9 @@ def test_start_time_inside_the_spring_forward_gap():
 def test_start_time_repeated_on_fall_back_starts_the_day_once():
     # 2024-11-03 in New York: 01:00-02:00 happens twice (EDT, then EST).
     td = TradingDay(start_time="01:30", time_zone="America/New_York")
-    first = datetime(2024, 11, 3, 5, 30, tzinfo=timezone.utc)  # 01:30 EDT
+    first = datetime(2024, 11, 3, 5, 30, tzinfo=UTC)  # 01:30 EDT
     assert day_boundary(date(2024, 11, 3), td) == first
-    second_hour = datetime(2024, 11, 3, 6, 0, tzinfo=timezone.utc)  # 01:00 EST, wall clock before 01:30
+    second_hour = datetime(2024, 11, 3, 6, 0, tzinfo=UTC)  # 01:00 EST, wall clock before 01:30
     assert trading_day_of(second_hour, td) == date(2024, 11, 3)  # does not slip back a day
     spec = make_spec(tradingDay={"startTime": "01:30", "timeZone": "America/New_York"})
     evals = run(spec, [
@@ -280,7 +280,7 @@ def test_a_skipped_calendar_day():
     # Samoa skipped 2011-12-30 when it crossed the date line: the wall clock went from
     # 2011-12-29 24:00 (-10) to 2011-12-31 00:00 (+14). Days still follow one another.
     td = TradingDay(start_time="09:30", time_zone="Pacific/Apia")
-    jump = datetime(2011, 12, 30, 10, 0, tzinfo=timezone.utc)
+    jump = datetime(2011, 12, 30, 10, 0, tzinfo=UTC)
     t, day = jump - timedelta(hours=30), None
     while t < jump + timedelta(hours=30):
         d = trading_day_of(t, td)
@@ -316,7 +316,9 @@ def test_metrics_not_exported_are_not_breaches_but_are_reported():
     assert e.breaches == ()
     assert any(u.startswith("minCashFraction") for u in e.unchecked)
     assert any(u.startswith("maxPositionFraction") for u in e.unchecked)
-    e2 = evaluate_risk(SPEC, e.state, MetricsSnapshot(taken_at=T0 + timedelta(seconds=30), portfolio_value=D(1)), T0 + timedelta(seconds=30))
+    e2 = evaluate_risk(
+        SPEC, e.state, MetricsSnapshot(taken_at=T0 + timedelta(seconds=30), portfolio_value=D(1)), T0 + timedelta(seconds=30)
+    )
     assert any(u.startswith("maxOrderRate") for u in e2.unchecked)
 
 
@@ -483,7 +485,7 @@ ZONES = ["UTC", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Asi
     zone=st.sampled_from(ZONES),
     hh=st.integers(0, 23),
     mm=st.sampled_from([0, 15, 30, 59]),
-    start=st.datetimes(min_value=datetime(2010, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(timezone.utc)),
+    start=st.datetimes(min_value=datetime(2010, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)),
     steps=st.lists(st.integers(min_value=60, max_value=6 * 3600), min_size=1, max_size=60),
 )
 def test_trading_day_is_monotone_and_starts_at_the_boundary(zone, hh, mm, start, steps):
@@ -517,7 +519,9 @@ def test_day_open_resets_exactly_at_the_boundary(zone, hh, day):
 
 
 def test_rates_are_read_over_the_rate_window_not_one_scrape():
-    spec = make_spec(analysis={"rateWindow": "60s"}, riskLimits={"maxDrawdown": {"threshold": 0.1}, "maxOrderRate": {"threshold": 120}})
+    spec = make_spec(
+        analysis={"rateWindow": "60s"}, riskLimits={"maxDrawdown": {"threshold": 0.1}, "maxOrderRate": {"threshold": 120}}
+    )
     # 3 orders a second: 180 a minute, above the 120 limit; a burst of 5 in one second alone is not
     states = run(spec, [snap(T0 + timedelta(seconds=i), submitted=3 * i + (5 if i >= 10 else 0)) for i in range(0, 61)])
     early = [e for e in states[:60] if any(b.name == "maxOrderRate" for b in e.breaches)]

@@ -272,7 +272,9 @@ def test_editing_the_ladder_under_a_halted_strategy_never_resumes_it():
     s = spec()
     st = start(s)
     d, st = step(s, st, Observation(request=request(Verb.HALT)), T0)
-    renamed = spec(phases=[{"name": "paper-v2", "mode": "paper", "minDuration": "1s"}], riskLimits={"maxDrawdown": {"threshold": 0.1}})
+    renamed = spec(
+        phases=[{"name": "paper-v2", "mode": "paper", "minDuration": "1s"}], riskLimits={"maxDrawdown": {"threshold": 0.1}}
+    )
     d, st = step(renamed, st, Observation(), T0 + timedelta(seconds=5))
     assert st.state is State.HALTED
     d = decide(s, st, Observation(), T0 + timedelta(seconds=10), generation=3)

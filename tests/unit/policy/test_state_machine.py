@@ -14,27 +14,27 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Optional
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from phasegate.api import StrategySpec, StrategyStatus
 from phasegate.api.observations import ChildrenObservation, MetricsSnapshot, Observation, PodRead
 from phasegate.api.requests import BadRequest, Request, Verb
 from phasegate.api.spec import Mode
-from phasegate.controller.reconcile import spec_to_guard_with
 from phasegate.api.status import STOPPING_HOLDS, Condition, HoldKind, RequestOutcome, Transition
+from phasegate.controller.reconcile import spec_to_guard_with
 from phasegate.policy.desired import needs_apply, pod_runs
 from phasegate.policy.holds import derive_state, newest_stopping
 from phasegate.policy.rollout import Decision, decide
 from phasegate.policy.timing import startup_grace
 
 D = Decimal
-T0 = datetime(2026, 3, 2, 14, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 STATS: dict[str, int] = {"loss-checks": 0, "steps": 0, "halts": 0, "resets": 0, "live": 0, "advances": 0}
 
 BASE_SPEC: dict[str, Any] = {
@@ -343,11 +343,15 @@ def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observati
         assert m.spec_error is None, "advanced on a spec the operator cannot read"
         blocking = [h for h in old.holds if h.kind is not HoldKind.APPROVAL_WAIT]
         assert not blocking, f"advanced while held: {blocking}"
-        assert obs.metrics is not None and obs.pod is not None and obs.pod.phase == old.phase, "advanced without a fresh read of the rung's pod"
-        assert obs.metrics.portfolio_value > 0 and obs.metrics.cash is not None, "advanced on a read that did not check every limit"
+        assert obs.metrics is not None and obs.pod is not None and obs.pod.phase == old.phase, \
+            "advanced without a fresh read of the rung's pod"
+        assert obs.metrics.portfolio_value > 0 and obs.metrics.cash is not None, \
+            "advanced on a read that did not check every limit"
         old_phase = spec.phase_named(old.phase)
         assert old_phase is not None and old.phase_started_at is not None
-        assert m.now - old.phase_started_at >= old_phase.min_duration_delta or (old.clock and old.clock - old.phase_started_at >= old_phase.min_duration_delta), "advanced before the minimum duration"
+        assert m.now - old.phase_started_at >= old_phase.min_duration_delta or (
+            old.clock and old.clock - old.phase_started_at >= old_phase.min_duration_delta
+        ), "advanced before the minimum duration"
         if old_phase.approval.value == "manual":
             waited = any(h.kind is HoldKind.APPROVAL_WAIT and h.visit == old.visit for h in old.holds)
             assert not waited or _accepted(d, old, obs, Verb.PROMOTE), "left a manual phase without promote"
@@ -374,7 +378,10 @@ def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observati
     if _accepted(d, old, obs, Verb.RESET):
         newest = newest_stopping(old.holds)
         assert newest is not None and obs.request is not None and obs.request.target is not None
-        named = [h for h in old.holds if h.kind in STOPPING_HOLDS and obs.request.target.lstrip("#") in (h.id.lstrip("#"), str(h.seq))]
+        named = [
+            h for h in old.holds
+            if h.kind in STOPPING_HOLDS and obs.request.target.lstrip("#") in (h.id.lstrip("#"), str(h.seq))
+        ]
         assert named and all(h.since <= named[0].since for h in old.holds if h.kind in STOPPING_HOLDS), \
             f"a reset naming {obs.request.target} lifted a newer halt {newest.id}"
         m.rebase_truth()
