@@ -36,6 +36,7 @@ from phasegate.api import (
     contract,
 )
 from phasegate.api.spec import Action
+from phasegate.api.status import Cause, Hold, HoldKind
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
@@ -107,6 +108,8 @@ def _status(now: datetime, state: State = State.PROGRESSING) -> dict[str, Any]:
             for i in range(1, 7)
         ],
         history_seq=6,
+        holds=[Hold(kind=HoldKind.HALT, id="#6", seq=6, source="maxDrawdown", cause=Cause.RISK_LIMIT_BREACHED,
+                    reason="drawdown from the high-water mark", since=now - timedelta(minutes=5))] if tripped else [],
     ).wire()
 
 

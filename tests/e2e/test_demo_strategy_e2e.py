@@ -59,7 +59,7 @@ def test_demo_strategy_climbs_then_a_crash_halts_it_and_it_shuts_down_in_order(k
         st = ts.wait("demo", lambda s: s.get("phase") == "live-10", 150, "through backtest and paper to live-10")
         bt = st["backtest"]
         assert bt["outcome"] == "Passed" and Decimal(bt["sharpe"]) >= 1 and bt["monteCarloRuns"] >= 1000
-        assert [h["to"] for h in st["history"]] == ["backtest", "paper", "live-10"]
+        assert [h["to"] for h in st["history"] if h["action"] != "new-book"] == ["backtest", "paper", "live-10"]
         pod_of_phase(ts, "demo", "live-10", timeout=60)
         ts.wait(
             "demo", lambda s: any(c["type"] == "MetricsAvailable" and c["status"] == "True" for c in s["conditions"]),

@@ -8,10 +8,11 @@ where the numbers came from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from .requests import Request
 from .types import to_decimal
@@ -131,7 +132,7 @@ class MetricsSnapshot:
     def __post_init__(self) -> None:
         if not isinstance(self.taken_at, datetime) or self.taken_at.tzinfo is None:
             raise ValueError("taken_at must be a timezone-aware datetime")
-        object.__setattr__(self, "taken_at", self.taken_at.astimezone(timezone.utc))
+        object.__setattr__(self, "taken_at", self.taken_at.astimezone(UTC))
         object.__setattr__(
             self, "portfolio_value", to_decimal(self.portfolio_value, what="portfolio_value")
         )
@@ -220,6 +221,9 @@ class ChildrenObservation:
     replicas: Optional[int] = None  # its spec.replicas
     desired_key: str = ""  # the phasegate.dev/desired-key annotation it was applied with
     pod: bool = False  # a pod of it exists (terminating or not)
+    # The apiserver's refusal of the pod the status asks for (Pod Security, a quota, a
+    # LimitRange, a missing ServiceAccount, a policy engine), from a server-side dry run.
+    pod_refused: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ class Request:
         return json.dumps(body, sort_keys=True)
 
     @classmethod
-    def from_annotation(cls, text: str) -> "Request":
+    def from_annotation(cls, text: str) -> Request:
         try:
             body = json.loads(text)
             verb = Verb(body["action"])

@@ -42,6 +42,7 @@ class ConditionType(str, Enum):
     RISK_GUARDED = "RiskGuarded"
     ACTUATED = "Actuated"
     SPEC_INVALID = "SpecInvalid"
+    POD_CREATE_FAILED = "PodCreateFailed"
     HALTED = "Halted"
 
 
@@ -94,6 +95,7 @@ class Transition(str, Enum):
     SPEC_INVALID = "spec-invalid"
     SPEC_VALID = "spec-valid"
     NEW_BOOK = "new-book"
+    POD_REFUSED = "pod-refused"
 
 
 class RequestOutcome(str, Enum):

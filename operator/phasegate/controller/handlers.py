@@ -86,7 +86,7 @@ async def strategy_loop(body: kopf.Body, namespace: str, name: str, stopped: kop
         while not stopped:
             try:
                 await asyncio.wait_for(me.wake.wait(), timeout=max(0.0, next_tick - aio.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             me.wake.clear()
             if stopped:

@@ -113,6 +113,19 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    async def dry_run_pod(self, namespace: str, pod: dict[str, Any]) -> Optional[str]:
+        """None when the apiserver would admit this pod; else its refusal, as it said it."""
+        try:
+            await self.core.create_namespaced_pod(namespace, pod, dry_run="All")
+            return None
+        except ApiException as exc:
+            if exc.status in (400, 403, 422):
+                try:
+                    return str(json.loads(exc.body).get("message") or exc.reason)
+                except (ValueError, TypeError, AttributeError):
+                    return str(exc.reason)
+            raise
+
     async def get_pod(self, namespace: str, name: str) -> Optional[Any]:
         try:
             return await self.core.read_namespaced_pod(name, namespace)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
@@ -20,8 +21,9 @@ from phasegate.api.observations import (
 )
 from phasegate.api.requests import BadRequest, Request
 from phasegate.api.status import STOPPING_HOLDS
-from phasegate.manifests import Owner, backtest_job_name, flatten_job_name
+from phasegate.manifests import Owner, backtest_job_name, flatten_job_name, statefulset
 from phasegate.metrics.source import MetricsSource, ScrapeTarget
+from phasegate.policy.desired import desired_key, pod_runs
 from phasegate.policy.emergency import flatten_wanted
 from phasegate.policy.timing import startup_grace
 
@@ -119,17 +121,42 @@ async def read_metrics(
     return {"metrics": snap, "pod": pod_read(pod), "read_id": read_id, "starting": now - started < startup_grace(spec)}
 
 
-async def read_children(kube: Kube, owner: Owner, pod: Any) -> ChildrenObservation:
+async def read_children(kube: Kube, owner: Owner, pod: Any, spec: StrategySpec, status: StrategyStatus) -> ChildrenObservation:
     sts = await kube.get_statefulset(owner.namespace, owner.name)
-    if sts is None:
-        return ChildrenObservation(statefulset=False, pod=pod is not None)
-    notes = sts.metadata.annotations or {}
-    return ChildrenObservation(
-        statefulset=True,
-        replicas=sts.spec.replicas if sts.spec is not None else None,
+    notes = (sts.metadata.annotations or {}) if sts is not None else {}
+    seen = ChildrenObservation(
+        statefulset=sts is not None,
+        replicas=sts.spec.replicas if sts is not None and sts.spec is not None else None,
         desired_key=notes.get(contract.ANNOTATION_DESIRED_KEY, ""),
         pod=pod is not None,
     )
+    return replace(seen, pod_refused=await pod_refusal(kube, owner, spec, status, seen))
+
+
+async def pod_refusal(kube: Kube, owner: Owner, spec: StrategySpec, status: StrategyStatus,
+                      seen: ChildrenObservation) -> Optional[str]:
+    """The apiserver's answer to the pod the status asks for, by a server-side dry run.
+
+    Only while that pod is not running yet (a rung change to make, or a pod the StatefulSet
+    controller has not created): the dry run goes through every admission step a real
+    create does, so a refusal is seen before the running pod is stopped for a roll that
+    cannot complete, and it is reported as what it is, not as a metrics outage.
+    """
+    if not spec.phase_named(status.phase) or not pod_runs(spec, status):
+        return None
+    if seen.statefulset and seen.pod and seen.desired_key == desired_key(spec, status):
+        return None
+    template = statefulset(spec, status, owner)["spec"]["template"]
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {**template["metadata"], "generateName": f"{owner.name}-dryrun-", "namespace": owner.namespace},
+        "spec": template["spec"],
+    }
+    refusal = await kube.dry_run_pod(owner.namespace, body)
+    if refusal and seen.pod and "exceeded quota" in refusal:
+        return None  # the roll stops the running pod first, which frees its share of the quota
+    return refusal
 
 
 async def read_emergency(kube: Kube, owner: Owner, status: StrategyStatus, pod: Any) -> EmergencyObservation:
@@ -170,7 +197,7 @@ async def observe(
     retry): its metrics read is reused, so a breach seen is decided on, never dropped."""
     found: dict[str, Any] = read_request(annotations)
     pod = await kube.get_pod(owner.namespace, f"{owner.name}-0")
-    found["children"] = await read_children(kube, owner, pod)
+    found["children"] = await read_children(kube, owner, pod, spec, status)
     if status.emergency is not None and not status.emergency.finished:
         found["emergency"] = await read_emergency(kube, owner, status, pod)
     phase = spec.phase_named(status.phase)

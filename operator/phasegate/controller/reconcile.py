@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from dataclasses import replace
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Optional
 
 from pydantic import ValidationError
 
 from phasegate.api import ConditionType, HistoryEntry, StrategySpec, StrategyStatus
 from phasegate.api.observations import Observation
-from phasegate.api.status import STOPPING_HOLDS
+from phasegate.api.status import STOPPING_HOLDS, Cause
 from phasegate.manifests import Owner, backtest_job, flatten_job, network_policy, service, statefulset
 from phasegate.metrics.source import MetricsSource
 from phasegate.policy.conditions import set_condition
@@ -26,7 +28,7 @@ from phasegate.policy.rollout import Decision, decide
 
 from . import telemetry
 from .kube import Conflict, Kube
-from .observe import observe
+from .observe import observe, pod_refusal
 
 STATUS_KEYS = set(StrategyStatus.model_json_schema(by_alias=True)["properties"])
 
@@ -52,7 +54,7 @@ def merge_patch(old: Any, new: Any) -> Any:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def spec_to_guard_with(body: dict[str, Any], status: StrategyStatus) -> tuple[Optional[StrategySpec], Optional[str]]:
@@ -184,7 +186,15 @@ class Reconciler:
         if desired is None:
             return
         work = []
-        if needs_apply(desired, obs.children):
+        seen = obs.children
+        if needs_apply(desired, seen) and desired.replicas == 1 and seen is not None and seen.pod:
+            # A roll stops the running pod first: never for a pod the apiserver would refuse.
+            # The next pass's observation reports the refusal (PodCreateFailed).
+            refused = await pod_refusal(self.kube, owner, spec, status, replace(seen, desired_key=""))
+            if refused is not None:
+                telemetry.log_for(owner.namespace, owner.name).warning("rung change held: the cluster refuses the new pod", refusal=refused)
+                return
+        if needs_apply(desired, seen):
             if desired.replicas == 0 and obs.children is not None and obs.children.statefulset:
                 # A halt must not wait for a full server-side apply: the smallest patch first.
                 await self.kube.scale_statefulset(owner.namespace, owner.name, 0)
@@ -222,13 +232,13 @@ class Reconciler:
         telemetry.STRATEGY_PHASE.labels(ns, name, status.phase, status.state.value).set(status.phase_index)
 
     async def _event(self, owner: Owner, entry: HistoryEntry) -> None:
-        warning = entry.action.value in ("halt", "reduce", "pause", "fail", "emergency", "spec-invalid")
+        warning = entry.action.value in ("halt", "reduce", "pause", "fail", "emergency", "spec-invalid", "pod-refused")
         await self.kube.create_event(
             namespace=owner.namespace,
             name=owner.name,
             uid=owner.uid,
             event_name=f"{owner.name}.{owner.uid[:8]}.{entry.seq:06d}",
-            reason=entry.action.value.title().replace("-", "") + (entry.cause.value if entry.cause else ""),
+            reason=entry.action.value.title().replace("-", "") + (entry.cause.value if entry.cause and entry.cause is not Cause.SPEC else ""),
             note=f"{entry.from_} -> {entry.to}: {entry.reason} (by {entry.by})",
             action=entry.action.value,
             event_type="Warning" if warning else "Normal",

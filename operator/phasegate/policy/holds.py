@@ -7,7 +7,8 @@ cannot outlive its phase visit, and a halt stays until the reset that names it.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 from phasegate.api.spec import Mode, StrategySpec
 from phasegate.api.status import PAUSING_HOLDS, STOPPING_HOLDS, Hold, HoldKind, State

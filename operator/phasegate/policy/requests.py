@@ -11,7 +11,7 @@ from typing import Optional
 
 from phasegate.api.requests import SEVERITIES, BadRequest, Request, Verb
 from phasegate.api.spec import StrategySpec
-from phasegate.api.status import HoldKind, State, StrategyStatus
+from phasegate.api.status import PAUSING_HOLDS, HoldKind, State, StrategyStatus
 
 from . import holds as H
 
@@ -69,6 +69,10 @@ def refusal(spec: StrategySpec, status: StrategyStatus, req: Request | Verb) -> 
                     "(the limit is still breached, or not every limit was checked at the last read)")
         return None
     if verb is Verb.PROMOTE:
+        paused = status.holds_of(*PAUSING_HOLDS)
+        if paused:
+            # An approval acts now or not at all: it is never kept for after the pause.
+            return f"the strategy is paused ({', '.join(f'{h.kind.value} {h.id}' for h in paused)}): resume it first"
         if state is State.COMPLETED:
             return "the strategy is already on the last rung"
         if state is State.FAILED:

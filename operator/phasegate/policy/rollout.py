@@ -51,12 +51,13 @@ from phasegate.api.status import (
     Transition,
 )
 
-from . import accounting, holds as H
+from . import accounting
+from . import holds as H
 from .conditions import set_condition
 from .desired import Desired, desired_for, mismatch
 from .gates import evaluate_backtest_gates, evaluate_metric_gates, start_phase_window
 from .requests import refusal
-from .risk import KIND_CIRCUIT, KIND_RISK, Breach, configured_limits, evaluate_risk, failed_read, pct
+from .risk import KIND_CIRCUIT, KIND_RISK, Breach, configured_limits, evaluate_risk, failed_read
 
 OPERATOR = "operator"
 REDUCE_CUT = Decimal("0.8")  # a reduce with no lower live rung keeps 80% of the fraction
@@ -111,11 +112,12 @@ class Draft:
     last_readable_spec: Optional[dict]
     added: list[HistoryEntry] = field(default_factory=list)
     base: Optional[StrategyStatus] = None  # the status decided on
+    refused: Optional[str] = None  # the apiserver refuses the pod this status asks for
     outcome: str = "hold"
     reason: str = ""
 
     @classmethod
-    def of(cls, spec: StrategySpec, status: StrategyStatus, now: datetime, generation: Optional[int]) -> "Draft":
+    def of(cls, spec: StrategySpec, status: StrategyStatus, now: datetime, generation: Optional[int]) -> Draft:
         clock = max(now, status.clock) if status.clock is not None else now
         return cls(
             spec=spec, now=clock, generation=generation, observed_generation=status.observed_generation,
@@ -277,6 +279,7 @@ def decide(
         index = next((i for i, p in enumerate(spec.phases) if p.name == d.phase), None)
         if index is not None:
             d.phase_index = index
+    _note_refusal(d, obs)
     _sync_spec_hold(d, spec_error if d.current is not None else (
         spec_error or f"phase {d.phase!r} is not in spec.phases: restore it (the operator keeps the strategy where it is)"))
     _latch_external_conditions(d)
@@ -301,7 +304,14 @@ def decide(
     return _finish(d, obs, spec_error)
 
 
-# --- spec -------------------------------------------------------------------------------
+# --- spec and admission -----------------------------------------------------------------
+
+
+def _note_refusal(d: Draft, obs: Observation) -> None:
+    d.refused = obs.children.pod_refused if obs.children is not None else None
+    was = any(c.type == ConditionType.POD_CREATE_FAILED.value and c.status == "True" for c in d.conditions)
+    if d.refused and not was:
+        d.record(Transition.POD_REFUSED, f"the cluster refuses the strategy pod: {d.refused}")
 
 
 def _sync_spec_hold(d: Draft, error: Optional[str]) -> None:
@@ -440,7 +450,8 @@ def _observe_metrics(d: Draft, obs: Observation) -> bool:
             d.record(Transition.NEW_BOOK, f"the {evaluation.state.book.name} book's risk series starts at this read")
         _trip(d, evaluation.breaches)
         other_pod = pod_phase != d.phase
-        if other_pod and obs.starting is False and _past_grace(d):
+        refused = obs.children is not None and obs.children.pod_refused is not None
+        if other_pod and obs.starting is False and _past_grace(d) and not refused:
             # The roll has not completed: the pod trading is not the one decided on.
             d.risk = failed_read(d.spec, d.risk, f"the pod still runs phase {pod_phase}, not {d.phase}: the roll has not completed")
             d.metrics = d.metrics.model_copy(update={"consecutive_errors": d.metrics.consecutive_errors + 1,
@@ -450,6 +461,12 @@ def _observe_metrics(d: Draft, obs: Observation) -> bool:
         d.metrics = d.metrics.model_copy(update={"phase_pod_read_at": d.now})
         d.gates = evaluate_metric_gates(phase.effective_gates, d.risk, snap)
         return True
+    refused = obs.children.pod_refused if obs.children is not None and not obs.children.pod else None
+    if obs.metrics_error is not None and refused is not None:
+        # No pod runs because the cluster refuses it: said as PodCreateFailed, not charged as a
+        # metrics outage (nothing trades, so nothing is unguarded).
+        d.metrics = d.metrics.model_copy(update={"last_error": f"the pod is refused: {refused}", "last_read_id": obs.read_id or ""})
+        return False
     if obs.metrics_error is not None:
         errors = d.metrics.consecutive_errors + 1
         d.metrics = d.metrics.model_copy(update={
@@ -569,7 +586,7 @@ def _observe_backtest(d: Draft, bt: Optional[BacktestObservation]) -> None:
                cause=Cause.BACKTEST)
 
 
-BLOCKER_REASONS = ("Held", "CeilingReached", "MinDuration", "WaitingForBacktest", "GatesNotPassed",
+BLOCKER_REASONS = ("Held", "PodCreateFailed", "CeilingReached", "MinDuration", "WaitingForBacktest", "GatesNotPassed",
                    "AwaitingApproval", "RiskUnguarded", "MetricsNotFresh")
 
 
@@ -600,6 +617,8 @@ def blockers(d: Draft, fresh: bool) -> list[str]:
             out.append("GatesNotPassed: " + "; ".join(f"{g.name}: {g.message}" for g in failed))
     if any(h.kind is HoldKind.APPROVAL_WAIT and h.visit == d.visit for h in d.holds):
         out.append(f"AwaitingApproval: run `phasegate promote NAME --reason ...` to approve leaving {phase.name}")
+    if d.refused:
+        out.append(f"PodCreateFailed: the cluster refuses the strategy pod: {d.refused}")
     if phase.mode is not Mode.BACKTEST:
         if d.risk.unchecked:
             out.append("RiskUnguarded: limits not checked: " + "; ".join(d.risk.unchecked))
@@ -637,6 +656,8 @@ def _reason_of(d: Draft, state: State) -> tuple[bool, str]:
         kinds = [h.kind for h in d.holds]
         return False, next((k.value for k in (HoldKind.SPEC_INVALID, HoldKind.METRICS_PAUSE, HoldKind.RISK_PAUSE,
                                                HoldKind.MANUAL_PAUSE) if k in kinds), "Paused")
+    if d.refused:
+        return False, "PodCreateFailed"
     if d.risk.unchecked and d.current is not None and d.current.mode is not Mode.BACKTEST:
         return True, "RiskUnguarded"
     if state is State.COMPLETED:
@@ -681,6 +702,8 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
         else:
             conds = set_condition(conds, ConditionType.RISK_GUARDED, True, "AllLimitsChecked",
                                   "checked at the last read: " + ", ".join(configured), now, gen)
+    conds = set_condition(conds, ConditionType.POD_CREATE_FAILED, d.refused is not None,
+                          "AdmissionRefused" if d.refused else "PodAdmitted", d.refused or "", now, gen)
     conds = set_condition(conds, ConditionType.SPEC_INVALID, spec_error is not None,
                           "SpecUnreadable" if spec_error else "SpecRead", spec_error or "", now, gen)
     halted = state in (State.HALTED, State.EMERGENCY_STOPPED)
@@ -697,7 +720,7 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
     if phase is not None:
         from .emergency import flatten_wanted
 
-        desired = desired_for(d.spec, status, d.emergency.id if flatten_wanted(d.emergency) else None)
+        desired = desired_for(d.spec, status, d.emergency.id if d.emergency is not None and flatten_wanted(d.emergency) else None)
         why = mismatch(desired, obs.children)
         if obs.children is None:
             conds = set_condition(conds, ConditionType.ACTUATED, None, "NotObserved", "the children were not observed", now, gen)
