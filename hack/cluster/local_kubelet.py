@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """local_kubelet: the kubelet of one node, `local-process`, whose pods run as local processes.
 
-Test and demo scaffolding (DESIGN.md, "The local control plane"), not product: nothing in
+Test and demo scaffolding (docs/architecture.md), not product: nothing in
 operator/phasegate imports it. localcluster.py starts it; it needs only a kubeconfig.
 
 What it does, per pod bound to the node (spec.nodeName=local-process):

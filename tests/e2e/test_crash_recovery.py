@@ -46,5 +46,8 @@ def test_sigkill_at_random_points_never_duplicates_or_loses_a_transition(k8s, ku
         assert history_actions(st) == EXPECTED, f"{n}: {history_actions(st)}"
         assert [h["seq"] for h in st["history"]] == list(range(1, len(st["history"]) + 1))
         total = len(st["history"])  # the ladder's moves and the two books' series starts
-        events = wait_for(lambda n=n: (lambda got: got if len(got) >= total else None)(ts.events_for(n)), 20, f"{n}: Events")
+        def all_events(n: str = n, total: int = total):
+            got = ts.events_for(n)
+            return got if len(got) >= total else None
+        events = wait_for(all_events, 20, f"{n}: Events")
         assert sorted(e["metadata"]["name"].rsplit(".", 1)[1] for e in events) == [f"{i:06d}" for i in range(1, total + 1)]

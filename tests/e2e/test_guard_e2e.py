@@ -111,7 +111,8 @@ def test_a_days_losses_add_up_across_a_rung_change(op, ts):
     st = ts.status("straddle")
     assert st.get("state") != "Halted", "the rung change itself was read as a loss"
     # The new rung's book: the 94,000 left plus 250,000 allotted; it loses 6% of that.
-    control(ts, "straddle", {"portfolio_value": str((Decimal("344000") * Decimal("0.94") / Decimal("0.35")).quantize(Decimal(1)))})
+    lost = (Decimal("344000") * Decimal("0.94") / Decimal("0.35")).quantize(Decimal(1))  # in the fake's 1,000,000 units
+    control(ts, "straddle", {"portfolio_value": str(lost)})
     st = ts.wait("straddle", lambda s: s.get("state") == "Halted", 20, "Halted by the day's losses")
     b = tripped(st)["maxDailyLoss"]
     assert Decimal(b["value"]).quantize(Decimal("0.001")) == Decimal("0.116")
@@ -145,8 +146,8 @@ def test_a_halt_whose_statefulset_write_fails_reaches_the_pod_once_writes_work(o
     try:
         def frozen() -> bool:
             try:
-                ts.apps.patch_namespaced_stateful_set("stuck", namespace, {"metadata": {"labels": {"probe": str(time.time_ns())}}},
-                                                      dry_run="All")
+                probe = {"metadata": {"labels": {"probe": str(time.time_ns())}}}
+                ts.apps.patch_namespaced_stateful_set("stuck", namespace, probe, dry_run="All")
                 return False
             except ApiException as exc:
                 return exc.status in (400, 403, 422)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A small controllable strategy for end-to-end tests (stdlib + prometheus_client only).
 
-It honours the strategy pod contract of DESIGN.md without trading anything:
+It honours the strategy pod contract of docs/architecture.md without trading anything:
 
 * Serves Prometheus metrics under the contract names on
   $PHASEGATE_POD_IP (default 127.0.0.1) : $PHASEGATE_METRICS_PORT (default 9100), at /metrics.

@@ -1,6 +1,6 @@
 """Names shared by the operator, the CLI and the strategy SDK.
 
-These are the contracts of DESIGN.md: changing one breaks every running strategy,
+These are the contracts of docs/architecture.md: changing one breaks every running strategy,
 so they live in one place and nothing else spells them out.
 """
 

@@ -57,7 +57,8 @@ async def read_backtest(kube: Kube, owner: Owner, spec: StrategySpec) -> Optiona
         except ValueError:
             result = None
         if not isinstance(result, dict):
-            return BacktestObservation(job=name, state="Failed", message=f"the backtest wrote no JSON result to its termination message (got {message[:200]!r})")
+            why = f"the backtest wrote no JSON result to its termination message (got {message[:200]!r})"
+            return BacktestObservation(job=name, state="Failed", message=why)
         return BacktestObservation(job=name, state="Succeeded", result=result)
     if st and (st.failed or 0) > 0:
         message = await _termination_message(kube, owner.namespace, name)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Optional
 
@@ -84,7 +84,9 @@ def spec_to_guard_with(body: dict[str, Any], status: StrategyStatus) -> tuple[Op
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, source_for: Callable[[StrategySpec], MetricsSource], clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self, kube: Kube, source_for: Callable[[StrategySpec], MetricsSource], clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.kube = kube
         self.source_for = source_for
         self.clock = clock
@@ -192,7 +194,8 @@ class Reconciler:
             # The next pass's observation reports the refusal (PodCreateFailed).
             refused = await pod_refusal(self.kube, owner, spec, status, replace(seen, desired_key=""))
             if refused is not None:
-                telemetry.log_for(owner.namespace, owner.name).warning("rung change held: the cluster refuses the new pod", refusal=refused)
+                log = telemetry.log_for(owner.namespace, owner.name)
+                log.warning("rung change held: the cluster refuses the new pod", refusal=refused)
                 return
         if needs_apply(desired, seen):
             if desired.replicas == 0 and obs.children is not None and obs.children.statefulset:
@@ -238,12 +241,18 @@ class Reconciler:
             name=owner.name,
             uid=owner.uid,
             event_name=f"{owner.name}.{owner.uid[:8]}.{entry.seq:06d}",
-            reason=entry.action.value.title().replace("-", "") + (entry.cause.value if entry.cause and entry.cause is not Cause.SPEC else ""),
+            reason=_event_reason(entry),
             note=f"{entry.from_} -> {entry.to}: {entry.reason} (by {entry.by})",
             action=entry.action.value,
             event_type="Warning" if warning else "Normal",
             at=entry.at,
         )
+
+
+def _event_reason(entry: HistoryEntry) -> str:
+    """HaltRiskLimitBreached, PauseMetricsError, SpecInvalid, PodRefused..."""
+    cause = entry.cause.value if entry.cause is not None and entry.cause is not Cause.SPEC else ""
+    return entry.action.value.title().replace("-", "") + cause
 
 
 __all__ = ["Conflict", "Reconciler", "merge_patch", "parse_status"]

@@ -36,7 +36,7 @@ def _fraction_text(value: Decimal) -> str:
 
 
 def pod_environment(spec: StrategySpec, status: StrategyStatus, name: str, mode: Optional[str] = None) -> list[dict[str, Any]]:
-    """The contract of DESIGN.md, followed by the user's own env."""
+    """The contract of docs/architecture.md, followed by the user's own env."""
     phase = spec.phase_named(status.phase) or spec.phases[0]
     mode = mode or phase.mode.value
     live = phase.mode is Mode.LIVE

@@ -240,14 +240,15 @@ def breakers_of(holds: list[Hold]) -> dict[str, BreakerStatus]:
     """The breakers view of status: what tripped, derived from the holds (never read back)."""
     kind_of = {Cause.RISK_LIMIT_BREACHED: "risk", Cause.CIRCUIT_BREAKER_TRIPPED: "circuit",
                Cause.METRICS_ERROR: "metrics", Cause.MANUAL: "manual"}
-    action_of = {HoldKind.HALT: Action.HALT, HoldKind.EMERGENCY: Action.HALT,
-                 HoldKind.RISK_PAUSE: Action.PAUSE, HoldKind.METRICS_PAUSE: Action.PAUSE}
+    # (An emergency is shown by status.emergency, with its steps: it is not a breaker.)
+    action_of = {HoldKind.HALT: Action.HALT, HoldKind.RISK_PAUSE: Action.PAUSE, HoldKind.METRICS_PAUSE: Action.PAUSE}
     out: dict[str, BreakerStatus] = {}
     for h in sorted(holds, key=lambda h: h.seq):
         if h.kind not in action_of or not h.source:
             continue
         old = out.get(h.source)
-        if old is not None and old.action is not None and ACTION_SEVERITY[old.action] >= ACTION_SEVERITY[h.action or action_of[h.kind]]:
+        action = h.action or action_of[h.kind]
+        if old is not None and old.action is not None and ACTION_SEVERITY[old.action] >= ACTION_SEVERITY[action]:
             continue
         out[h.source] = BreakerStatus(
             state=BreakerState.TRIPPED, kind=kind_of.get(h.cause, "external") if h.cause else "external",
@@ -438,7 +439,10 @@ def _observe_metrics(d: Draft, obs: Observation) -> bool:
         pod = obs.pod
         pod_phase = pod.phase if pod is not None and pod.phase else d.phase
         pod_spec_phase = d.spec.phase_named(pod_phase)
-        mode = pod_spec_phase.mode if pod_spec_phase is not None else (Mode(pod.mode) if pod and pod.mode in Mode._value2member_map_ else phase.mode)
+        if pod_spec_phase is not None:
+            mode = pod_spec_phase.mode
+        else:
+            mode = Mode(pod.mode) if pod is not None and pod.mode in {m.value for m in Mode} else phase.mode
         capital = pod.capital if pod is not None and pod.capital is not None else (d.capital if pod_phase == d.phase else None)
         evaluation = evaluate_risk(d.spec, d.risk, snap, d.now, book=accounting.book_of(mode), capital=capital)
         d.risk = evaluation.state
@@ -453,7 +457,8 @@ def _observe_metrics(d: Draft, obs: Observation) -> bool:
         refused = obs.children is not None and obs.children.pod_refused is not None
         if other_pod and obs.starting is False and _past_grace(d) and not refused:
             # The roll has not completed: the pod trading is not the one decided on.
-            d.risk = failed_read(d.spec, d.risk, f"the pod still runs phase {pod_phase}, not {d.phase}: the roll has not completed")
+            why = f"the pod still runs phase {pod_phase}, not {d.phase}: the roll has not completed"
+            d.risk = failed_read(d.spec, d.risk, why)
             d.metrics = d.metrics.model_copy(update={"consecutive_errors": d.metrics.consecutive_errors + 1,
                                                      "last_error": f"the pod still runs phase {pod_phase}"})
         if other_pod or phase.mode is Mode.BACKTEST:
@@ -461,11 +466,12 @@ def _observe_metrics(d: Draft, obs: Observation) -> bool:
         d.metrics = d.metrics.model_copy(update={"phase_pod_read_at": d.now})
         d.gates = evaluate_metric_gates(phase.effective_gates, d.risk, snap)
         return True
-    refused = obs.children.pod_refused if obs.children is not None and not obs.children.pod else None
-    if obs.metrics_error is not None and refused is not None:
+    no_pod_refused = obs.children.pod_refused if obs.children is not None and not obs.children.pod else None
+    if obs.metrics_error is not None and no_pod_refused is not None:
         # No pod runs because the cluster refuses it: said as PodCreateFailed, not charged as a
         # metrics outage (nothing trades, so nothing is unguarded).
-        d.metrics = d.metrics.model_copy(update={"last_error": f"the pod is refused: {refused}", "last_read_id": obs.read_id or ""})
+        d.metrics = d.metrics.model_copy(
+            update={"last_error": f"the pod is refused: {no_pod_refused}", "last_read_id": obs.read_id or ""})
         return False
     if obs.metrics_error is not None:
         errors = d.metrics.consecutive_errors + 1
@@ -492,11 +498,13 @@ def _act_on_metrics_failures(d: Draft) -> None:
     why = next((u for u in d.risk.unchecked if u.startswith(worst_name + ":")), worst_name)
     if worst >= pol.halt_after and not H.active(d.holds, HoldKind.HALT, "metricsUnavailable") and not d.stopped:
         d.hold(HoldKind.HALT, Transition.HALT,
-               f"metricsUnavailable: {worst} consecutive failed metrics reads could not check {why} (haltAfter {pol.halt_after})",
+               f"metricsUnavailable: {worst} consecutive failed metrics reads could not check {why} "
+               f"(haltAfter {pol.halt_after})",
                source="metricsUnavailable", cause=Cause.METRICS_ERROR)
     elif worst >= pol.pause_after and not H.active(d.holds, HoldKind.METRICS_PAUSE, "metricsUnavailable") and not d.stopped:
         d.hold(HoldKind.METRICS_PAUSE, Transition.PAUSE,
-               f"metricsUnavailable: {worst} consecutive failed metrics reads could not check {why} (pauseAfter {pol.pause_after})",
+               f"metricsUnavailable: {worst} consecutive failed metrics reads could not check {why} "
+               f"(pauseAfter {pol.pause_after})",
                source="metricsUnavailable", cause=Cause.METRICS_ERROR)
 
 
@@ -672,7 +680,7 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
     now, gen = d.now, d.observed_generation
     state = d.state()
     conds = d.conditions
-    risk_holds = sorted({h.source for h in d.holds if h.cause is Cause.RISK_LIMIT_BREACHED and h.kind is not HoldKind.APPROVAL_WAIT})
+    risk_holds = sorted({h.source for h in d.holds if h.cause is Cause.RISK_LIMIT_BREACHED})
     circuit = sorted({h.source for h in d.holds if h.cause is Cause.CIRCUIT_BREAKER_TRIPPED})
     conds = set_condition(conds, ConditionType.RISK_LIMIT_BREACHED, bool(risk_holds),
                           _camel(risk_holds[0]) if risk_holds else "WithinLimits",
@@ -683,14 +691,15 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
     phase = d.current
     health = d.metrics
     if phase is None or phase.mode is Mode.BACKTEST:
-        conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, None, "NotApplicable", "no strategy pod in this phase", now, gen)
-        conds = set_condition(conds, ConditionType.RISK_GUARDED, None, "NotApplicable", "no strategy pod in this phase", now, gen)
+        for ctype in (ConditionType.METRICS_AVAILABLE, ConditionType.RISK_GUARDED):
+            conds = set_condition(conds, ctype, None, "NotApplicable", "no strategy pod in this phase", now, gen)
     else:
         if health.consecutive_errors > 0:
             conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, False, "MetricsUnavailable",
                                   f"{health.consecutive_errors} consecutive failed reads: {health.last_error}", now, gen)
         elif health.last_success_at is not None:
-            conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, True, "MetricsRead", "the last read succeeded", now, gen)
+            conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, True, "MetricsRead", "the last read succeeded",
+                                  now, gen)
         else:
             conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, None, "NotYetRead", "no metrics read yet", now, gen)
         configured = sorted(configured_limits(d.spec))
@@ -711,8 +720,10 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
                           d.message if halted else "", now, gen)
     ready, reason = _reason_of(d, state)
     conds = set_condition(conds, ConditionType.READY, ready, reason, d.message, now, gen)
-    progressing = state in (State.PROGRESSING, State.VALIDATING) and reason not in ("CeilingReached", "AwaitingApproval", "RiskUnguarded")
-    conds = set_condition(conds, ConditionType.PROGRESSING, progressing, "Climbing" if progressing else reason, d.message, now, gen)
+    stalled = ("CeilingReached", "AwaitingApproval", "RiskUnguarded", "PodCreateFailed")
+    progressing = state in (State.PROGRESSING, State.VALIDATING) and reason not in stalled
+    conds = set_condition(conds, ConditionType.PROGRESSING, progressing, "Climbing" if progressing else reason, d.message,
+                          now, gen)
 
     desired: Optional[Desired] = None
     why: Optional[str] = None
@@ -726,7 +737,8 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
             conds = set_condition(conds, ConditionType.ACTUATED, None, "NotObserved", "the children were not observed", now, gen)
         else:
             conds = set_condition(conds, ConditionType.ACTUATED, why is None, "Actuated" if why is None else "Pending",
-                                  why or ("stopped: replicas 0 and no pod left" if desired.replicas == 0 else "the pod runs the decided template"),
+                                  why or ("stopped: replicas 0 and no pod left" if desired.replicas == 0
+                                          else "the pod runs the decided template"),
                                   now, gen)
     elif d.stopped:
         # The spec does not say what the pod is, but a halt needs no spec: stop it.

@@ -1,4 +1,4 @@
-"""The strategy pod's environment contract (DESIGN.md), read and checked once at start.
+"""The strategy pod's environment contract (docs/architecture.md), read and checked once at start.
 
 A strategy that starts with the wrong mode or capital trades the wrong amount of money,
 so every problem is reported at once, each naming the variable and how to fix it, and

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Optional
@@ -28,7 +28,7 @@ from phasegate.api.requests import BadRequest, Request, Verb
 from phasegate.api.spec import Mode
 from phasegate.api.status import STOPPING_HOLDS, Condition, HoldKind, RequestOutcome, Transition
 from phasegate.controller.reconcile import spec_to_guard_with
-from phasegate.policy.desired import needs_apply, pod_runs
+from phasegate.policy.desired import desired_key, needs_apply, pod_runs
 from phasegate.policy.holds import derive_state, newest_stopping
 from phasegate.policy.rollout import Decision, decide
 from phasegate.policy.timing import startup_grace
@@ -80,6 +80,7 @@ class Cluster:
     template: Optional[tuple[str, str, Decimal]] = None
     pod: Optional[Pod] = None
     books: dict[str, list[Decimal]] = field(default_factory=dict)  # book -> [value, capital]
+    refusing: bool = False  # admission refuses every new strategy pod (a policy, a quota)
     # The flow-adjusted truth per book, as the desk would compute it: [index, high-water mark, day open, day]
     truth: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -98,6 +99,8 @@ class Cluster:
         if self.pod is not None:
             self.pod = None  # OrderedReady: the old pod goes first
             return
+        if self.refusing:
+            return  # the StatefulSet controller's create is refused
         assert self.template is not None
         phase, mode, capital = self.template
         book = "live" if mode == "live" else "paper"
@@ -139,6 +142,15 @@ class GuardMachine(RuleBasedStateMachine):
 
     # --- driving ------------------------------------------------------------------
 
+    def children(self) -> ChildrenObservation:
+        """What the controller sees, with its dry run of the pod the status asks for."""
+        seen = self.cluster.children()
+        c, st = self.cluster, self.status
+        if c.refusing and st.phase and self.spec.phase_named(st.phase) and pod_runs(self.spec, st):
+            if not (c.sts and c.pod is not None and c.key == desired_key(self.spec, st)):
+                seen = replace(seen, pod_refused="admission webhook denied the request (test)")
+        return seen
+
     def observe(self, **kw: Any) -> Observation:
         req: dict[str, Any] = {}
         if self.annotation is not None:
@@ -146,7 +158,7 @@ class GuardMachine(RuleBasedStateMachine):
                 req["request"] = Request.from_annotation(self.annotation)
             except BadRequest as exc:
                 req = {"request_error": str(exc), "request_id": json.loads(self.annotation)["id"]}
-        return Observation(children=self.cluster.children(), **req, **kw)
+        return Observation(children=self.children(), **req, **kw)
 
     def decide_step(self, obs: Observation, *, write_fails: bool = False) -> Decision:
         old = self.status
@@ -161,14 +173,16 @@ class GuardMachine(RuleBasedStateMachine):
         assert again.status.wire() == d.status.wire(), "deciding twice changed the status (rule 5)"
         self.status = d.status
         self.steps += 1
-        if not write_fails and d.desired is not None and needs_apply(d.desired, obs.children):
+        held = (d.desired is not None and d.desired.replicas == 1 and self.cluster.pod is not None
+                and self.cluster.refusing and needs_apply(d.desired, obs.children))  # the dry run before a roll
+        if not write_fails and not held and d.desired is not None and needs_apply(d.desired, obs.children):
             c = self.cluster
             c.sts, c.replicas, c.key = True, d.desired.replicas, d.desired.key
             phase = self.spec.phase_named(d.status.phase)
             if phase is not None and d.desired.replicas == 1:
                 cap = d.status.capital if phase.mode is Mode.LIVE else (self.spec.paper_capital or self.spec.capital)
                 c.template = (d.status.phase, phase.mode.value, cap)
-        if not write_fails and d.desired is not None:
+        if not write_fails and not held and d.desired is not None:
             # The controller applied what differed: the StatefulSet now says what the decision says.
             assert self.cluster.replicas == d.desired.replicas and (d.desired.replicas == 0 or self.cluster.key == d.desired.key)
         return d
@@ -305,6 +319,11 @@ class GuardMachine(RuleBasedStateMachine):
         self.generation += 1
         self.decide_step(self.observe())
 
+    @rule(on=st.booleans())
+    def admission_policy(self, on: bool) -> None:
+        self.cluster.refusing = on
+        self.decide_step(self.observe())
+
     @invariant()
     def state_is_derived(self) -> None:
         s = self.status
@@ -412,6 +431,11 @@ def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observati
                     assert held or new.holds_of(HoldKind.EMERGENCY), f"{limit_name} {loss:.4f} > {lim.threshold} did not halt"
                 elif loss < lim.threshold - D("1e-9") and not any(h.source == limit_name for h in old.holds):
                     assert not held, f"{limit_name} {loss:.4f} within {lim.threshold} halted"
+    # A pod the cluster refuses is said so, and not charged as a metrics outage.
+    if obs.children is not None and obs.children.pod_refused and not obs.children.pod:
+        assert new.metrics.consecutive_errors == old.metrics.consecutive_errors, "a refused pod was charged as a failed read"
+        assert new.risk.limit_failures == old.risk.limit_failures or obs.metrics is not None
+        assert new.is_true("PodCreateFailed")
     # Spec invalid: never advances, and says so.
     if m.spec_error is not None:
         assert new.holds_of(HoldKind.SPEC_INVALID), "an unreadable spec is not held"
@@ -419,7 +443,7 @@ def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observati
 
 
 GuardMachine.TestCase.settings = settings(
-    max_examples=int(__import__("os").environ.get("PHASEGATE_STATE_MACHINE_EXAMPLES", "150")),
+    max_examples=int(__import__("os").environ.get("PHASEGATE_STATE_MACHINE_EXAMPLES", "250")),
     stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
