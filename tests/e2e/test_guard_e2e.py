@@ -222,3 +222,29 @@ def test_a_pod_the_cluster_refuses_is_reported_not_charged_and_the_running_pod_k
         adm.delete_validating_admission_policy(name)
     st = ts.wait("refused", lambda s: not _status_true(s, "PodCreateFailed"), 30, "PodCreateFailed=False")
     pod_of_phase(ts, "refused", "live-10", timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_the_strategy_network_policy_follows_the_spec(op, ts, k8s, namespace):
+    """spec.networkPolicy on: the operator creates it (and puts it back if deleted); off: gone."""
+    net = k8s_client.NetworkingV1Api(ts.api.api_client)
+
+    def exists() -> bool:
+        try:
+            net.read_namespaced_network_policy("fenced", namespace)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    ts.create(plans.strategy("fenced", phases=LIVE_AFTER_PAPER[:1] + [{"name": "live-100", "mode": "live", "fraction": 1.0}],
+                             extra_spec={"networkPolicy": {"enabled": True}}))
+    wait_for(exists, 30, "the NetworkPolicy")
+    np = net.read_namespaced_network_policy("fenced", namespace)
+    assert np.spec.pod_selector.match_labels == {"phasegate.dev/strategy": "fenced"}
+    assert [p.port for p in np.spec.ingress[0].ports] == [9100]
+    net.delete_namespaced_network_policy("fenced", namespace)
+    wait_for(exists, 30, "the NetworkPolicy put back")
+    ts.patch_spec("fenced", {"networkPolicy": {"enabled": False}})
+    wait_for(lambda: not exists(), 30, "the NetworkPolicy removed")

@@ -103,7 +103,15 @@ class RequestOutcome(str, Enum):
     REJECTED = "Rejected"
 
 
-class Condition(ApiModel):
+class StatusModel(ApiModel):
+    """Status is written by the operator and read back by the next one, maybe of another
+    version: a field it no longer knows is ignored, never fatal (the guard must keep running
+    across an upgrade)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Condition(StatusModel):
     """metav1.Condition."""
 
     model_config = ConfigDict(frozen=True)
@@ -128,7 +136,7 @@ class Severity(str, Enum):
     CRITICAL = "critical"
 
 
-class BreakerStatus(ApiModel):
+class BreakerStatus(StatusModel):
     """A latched breaker: once tripped, only reset (or resume, for pause/reduce) clears it."""
 
     state: BreakerState
@@ -141,7 +149,7 @@ class BreakerStatus(ApiModel):
     reason: str = ""
 
 
-class Hold(ApiModel):
+class Hold(StatusModel):
     """One reason the strategy is held; `state` is derived from the list of these."""
 
     kind: HoldKind
@@ -159,7 +167,7 @@ class Hold(ApiModel):
     action: Optional[Action] = Field(None, description="The action of the limit behind it (halt, reduce, pause).")
 
 
-class HistoryEntry(ApiModel):
+class HistoryEntry(StatusModel):
     seq: int = Field(..., ge=1)
     at: UtcTime
     action: Transition
@@ -171,7 +179,7 @@ class HistoryEntry(ApiModel):
     cause: Optional[Cause] = None
 
 
-class RequestRecord(ApiModel):
+class RequestRecord(StatusModel):
     """The last manual action the operator processed (from the request annotation)."""
 
     id: str
@@ -182,7 +190,7 @@ class RequestRecord(ApiModel):
     at: UtcTime
 
 
-class Book(ApiModel):
+class Book(StatusModel):
     """The flow-adjusted return series of one book (live, or paper for paper and shadow).
 
     `index` is the book's growth since the series began with every capital change the
@@ -200,7 +208,7 @@ class Book(ApiModel):
     last_capital: Optional[DecimalString] = None
 
 
-class RiskState(ApiModel):
+class RiskState(StatusModel):
     """What the operator's own risk arithmetic must remember across restarts."""
 
     book: Optional[Book] = None
@@ -215,8 +223,6 @@ class RiskState(ApiModel):
     # counters seen at the last sample, for rates with counter resets handled
     counters: dict[str, DecimalString] = Field(default_factory=dict)
     # counters at the start of the phase, for gates over the phase window
-    phase_counters: dict[str, DecimalString] = Field(default_factory=dict)
-    critical_incidents: int = 0
     # counters at the start of the current rate window (spec.analysis.rateWindow)
     rate_since: Optional[UtcTime] = None
     rate_counters: dict[str, DecimalString] = Field(default_factory=dict)
@@ -235,7 +241,7 @@ class RiskState(ApiModel):
     critical_breaches: list[str] = Field(default_factory=list)
 
 
-class MetricsHealth(ApiModel):
+class MetricsHealth(StatusModel):
     consecutive_errors: int = 0
     last_error: str = ""
     last_success_at: Optional[UtcTime] = None
@@ -249,7 +255,7 @@ class MetricsHealth(ApiModel):
     )
 
 
-class GateResult(ApiModel):
+class GateResult(StatusModel):
     name: str
     passed: bool
     value: Optional[str] = None
@@ -257,7 +263,7 @@ class GateResult(ApiModel):
     message: str = ""
 
 
-class BacktestResult(ApiModel):
+class BacktestResult(StatusModel):
     job: str = ""
     outcome: str = Field("", description="Running | Passed | Failed")
     sharpe: Optional[DecimalString] = None
@@ -267,7 +273,7 @@ class BacktestResult(ApiModel):
     message: str = ""
 
 
-class EmergencyStep(ApiModel):
+class EmergencyStep(StatusModel):
     name: str
     outcome: str = Field(..., description="Succeeded | Failed | TimedOut | Skipped | Running")
     started_at: Optional[UtcTime] = None
@@ -275,7 +281,7 @@ class EmergencyStep(ApiModel):
     message: str = ""
 
 
-class EmergencyRecord(ApiModel):
+class EmergencyRecord(StatusModel):
     id: str
     severity: str
     reason: str
@@ -285,7 +291,7 @@ class EmergencyRecord(ApiModel):
     finished: bool = False
 
 
-class StrategyStatus(ApiModel):
+class StrategyStatus(StatusModel):
     model_config = ConfigDict(frozen=True)
 
     observed_generation: Optional[int] = None

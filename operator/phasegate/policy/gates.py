@@ -81,7 +81,6 @@ def start_phase_window(
     started = at if at is not None else (snap.taken_at if snap is not None else state.last_sample_at)
     return state.model_copy(
         update={
-            "phase_counters": dict(reference),
             "window_counters": dict(reference),
             "window_totals": {},
             "window_started_at": started,

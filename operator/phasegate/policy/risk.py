@@ -459,7 +459,6 @@ def evaluate_risk(
             "counters": counters,
             "window_counters": window_counters,
             "window_totals": window_totals,
-            "critical_incidents": prev.critical_incidents + onsets,
             "phase_critical_incidents": prev.phase_critical_incidents + onsets,
             "phase_circuit_trips": prev.phase_circuit_trips + len(circuit),
             "critical_breaches": critical_now,

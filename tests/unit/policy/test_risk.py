@@ -354,7 +354,7 @@ def test_a_strategy_breaker_trip_halts():
     assert (b.name, b.kind, b.severity, b.action) == ("strategyBreaker:drawdown", KIND_CIRCUIT, Severity.CRITICAL, Action.HALT)
     assert b.value == 1
     assert evals[3].breaches[0].value == 2
-    assert evals[3].state.critical_incidents == 2
+    assert evals[3].state.phase_critical_incidents == 2
     assert evals[3].state.phase_circuit_trips == 2
 
 
@@ -399,7 +399,7 @@ def test_same_snapshot_twice_changes_nothing():
 def test_a_critical_breach_that_persists_is_one_incident():
     evals = run(SPEC, [snap(T0, "1000000")] + [snap(T0 + timedelta(minutes=i), "700000") for i in range(1, 5)]
                 + [snap(T0 + timedelta(minutes=6), "1000000"), snap(T0 + timedelta(minutes=7), "700000")])
-    assert [e.state.critical_incidents for e in evals] == [0, 2, 2, 2, 2, 2, 4]
+    assert [e.state.phase_critical_incidents for e in evals] == [0, 2, 2, 2, 2, 2, 4]
     assert evals[1].state.critical_breaches == ["maxDailyLoss", "maxDrawdown"]
 
 

@@ -47,7 +47,7 @@ BASE_SPEC: dict[str, Any] = {
     "terminationGracePeriod": "30s",
     "phases": [
         {"name": "paper", "mode": "paper", "minDuration": "10m", "gates": {}},
-        {"name": "shadow", "mode": "shadow", "minDuration": "10m", "gates": {}},
+        {"name": "shadow", "mode": "shadow", "minDuration": "10m", "gates": {"minSignalAlignment": 0.95}},
         {"name": "live-10", "mode": "live", "fraction": 0.10, "minDuration": "10m", "gates": {}, "approval": "manual"},
         {"name": "live-35", "mode": "live", "fraction": 0.35, "minDuration": "10m", "gates": {}},
         {"name": "live-100", "mode": "live", "fraction": 1.0, "minDuration": "0s", "gates": {}},
@@ -135,6 +135,7 @@ class GuardMachine(RuleBasedStateMachine):
 
     fresh_series = False
     series_book = ""
+    approved: Optional[tuple[str, int]] = None
 
     def rebase_truth(self) -> None:
         for t in self.cluster.truth.values():
@@ -201,7 +202,7 @@ class GuardMachine(RuleBasedStateMachine):
             return self.observe(metrics_error="strategy pod is not running and ready", read_id=rid)
         book = "live" if pod.mode == "live" else "paper"
         value, cap = self.cluster.books[book]
-        graded = kind in ("ok", "position", "no-cash")
+        graded = kind in ("ok", "position", "no-cash", "misaligned")
         if graded and (book != self.series_book or book not in self.cluster.truth):
             # The operator starts this book's series at this read: so does the truth.
             self.cluster.truth[book] = [D(1), D(1), D(1), self.now.date()]
@@ -215,7 +216,8 @@ class GuardMachine(RuleBasedStateMachine):
             t[1] = max(t[1], t[0])
             if day > t[3]:
                 t[2], t[3] = t[0], day
-        fields: dict[str, Any] = dict(cash=value / 2, largest_position_fraction=D("0.01"), position_discrepancy=D(0))
+        fields: dict[str, Any] = dict(cash=value / 2, largest_position_fraction=D("0.01"), position_discrepancy=D(0),
+                                      signal_alignment=D("0.5") if kind == "misaligned" else D("0.99"))
         shown = value
         if kind == "position":
             fields["largest_position_fraction"] = D("0.09")
@@ -231,27 +233,19 @@ class GuardMachine(RuleBasedStateMachine):
 
     # --- rules --------------------------------------------------------------------
 
-    @rule(seconds=st.sampled_from([5, 30, 30, 120, 300, 600, 600, 3600]),
-          pnl=st.sampled_from([D(0), D(0), D(0), D("0.004"), D("-0.004"), D("0.02"), D("-0.03"), D("-0.2")]),
-          kind=st.sampled_from(["ok"] * 8 + ["error", "position", "no-cash", "absurd", "negative"]),
-          fails=st.sampled_from([False] * 6 + [True]),
-          rolls=st.sampled_from([0, 1, 2, 2, 2, 3]))
-    def tick(self, seconds: int, pnl: Decimal, kind: str, fails: bool, rolls: int) -> None:
-        self.now += timedelta(seconds=seconds)
-        for _ in range(rolls):  # the StatefulSet controller and kubelet move on meanwhile
-            self.cluster.roll()
-        self.decide_step(self.read(pnl, kind), write_fails=fails)
-
-    @rule(seconds=st.sampled_from([30, 600, 7200]))
-    def clock_steps_back(self, seconds: int) -> None:
-        self.now -= timedelta(seconds=seconds)
-        self.decide_step(self.read(D(0), "ok"))
-
-    @rule(steps=st.integers(1, 3))
-    def cluster_rolls(self, steps: int) -> None:
-        for _ in range(steps):
-            self.cluster.roll()
-        self.decide_step(self.observe())
+    @rule(ticks=st.lists(st.tuples(
+              st.sampled_from([5, 30, 30, 120, 300, 600, 600, 3600]),
+              st.sampled_from([D(0)] * 4 + [D("0.004"), D("-0.004"), D("0.004"), D("-0.004"), D("0.02"), D("-0.03"), D("-0.2")]),
+              st.sampled_from(["ok"] * 10 + ["error", "position", "no-cash", "absurd", "negative", "misaligned", "misaligned"]),
+              st.sampled_from([False] * 8 + [True]),
+              st.sampled_from([0, 1, 2, 2, 2, 3])), min_size=1, max_size=6))
+    def time_passes(self, ticks: list[tuple[int, Decimal, str, bool, int]]) -> None:
+        """Intervals go by: the kubelet moves on, the pod trades, the operator reads and decides."""
+        for seconds, pnl, kind, fails, rolls in ticks:
+            self.now += timedelta(seconds=seconds)
+            for _ in range(rolls):
+                self.cluster.roll()
+            self.decide_step(self.read(pnl, kind), write_fails=fails)
 
     @rule(verb=st.sampled_from([Verb.PROMOTE, Verb.PROMOTE, Verb.RESET, Verb.RESET, Verb.RESET, Verb.RESUME, Verb.RESUME,
                                 Verb.PAUSE, Verb.HALT, Verb.EMERGENCY]),
@@ -276,14 +270,6 @@ class GuardMachine(RuleBasedStateMachine):
             body["severity"] = "high"
         self.annotation = json.dumps(body)
         self.last_request = rid
-        self.decide_step(self.observe())
-
-    @rule(ctype=st.sampled_from(["CircuitBreakerTripped", "RiskLimitBreached"]))
-    def breaker_condition_set_by_someone_else(self, ctype: str) -> None:
-        conds = [c for c in self.status.conditions if c.type != ctype]
-        conds.append(Condition(type=ctype, status="True", reason="AlertFiring", message="via Alertmanager",
-                               last_transition_time=self.now))
-        self.status = self.status.model_copy(update={"conditions": conds})
         self.decide_step(self.observe())
 
     @rule(edit=st.sampled_from(["ceiling-up", "ceiling-down", "ceiling-below-first-live", "fraction-down",
@@ -319,9 +305,26 @@ class GuardMachine(RuleBasedStateMachine):
         self.generation += 1
         self.decide_step(self.observe())
 
-    @rule(on=st.booleans())
-    def admission_policy(self, on: bool) -> None:
-        self.cluster.refusing = on
+    @rule(what=st.sampled_from(["clock-back-30s", "clock-back-10m", "clock-back-2h", "circuit-condition", "risk-condition",
+                                "admission-on", "admission-off", "admission-off", "rolls"]))
+    def the_world_intervenes(self, what: str) -> None:
+        """A clock stepped back, a breaker condition set by someone else (a person, an alert),
+        an admission policy switched on or off, the StatefulSet controller moving on."""
+        if what.startswith("clock-back"):
+            self.now -= {"30s": timedelta(seconds=30), "10m": timedelta(minutes=10), "2h": timedelta(hours=2)}[what[11:]]
+            self.decide_step(self.read(D(0), "ok"))
+            return
+        if what.endswith("condition"):
+            ctype = "CircuitBreakerTripped" if what.startswith("circuit") else "RiskLimitBreached"
+            conds = [c for c in self.status.conditions if c.type != ctype]
+            conds.append(Condition(type=ctype, status="True", reason="AlertFiring", message="via Alertmanager",
+                                   last_transition_time=self.now))
+            self.status = self.status.model_copy(update={"conditions": conds})
+        elif what.startswith("admission"):
+            self.cluster.refusing = what == "admission-on"
+        else:
+            for _ in range(3):
+                self.cluster.roll()
         self.decide_step(self.observe())
 
     @invariant()
@@ -371,6 +374,9 @@ def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observati
         assert m.now - old.phase_started_at >= old_phase.min_duration_delta or (
             old.clock and old.clock - old.phase_started_at >= old_phase.min_duration_delta
         ), "advanced before the minimum duration"
+        gate = old_phase.effective_gates.min_signal_alignment
+        if gate is not None:
+            assert obs.metrics.signal_alignment is not None and obs.metrics.signal_alignment >= gate, "advanced past a failing gate"
         if old_phase.approval.value == "manual":
             waited = any(h.kind is HoldKind.APPROVAL_WAIT and h.visit == old.visit for h in old.holds)
             assert not waited or _accepted(d, old, obs, Verb.PROMOTE), "left a manual phase without promote"
@@ -409,6 +415,13 @@ def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observati
         assert new.last_request == old.last_request and new.answered == old.answered
     if obs.request is None and obs.request_error:
         assert not any(e.by == "alice" for e in d.history), "an unreadable request acted"
+    # An approval belongs to one phase visit: a manual phase waits for promote in every visit.
+    if _accepted(d, old, obs, Verb.PROMOTE):
+        m.approved = (new.phase, new.visit)
+    cur = spec.phase_named(new.phase)
+    if cur is not None and cur.approval.value == "manual" and new.phase_index < len(spec.phases) - 1 and m.spec_error is None:
+        waits = any(h.kind is HoldKind.APPROVAL_WAIT and h.visit == new.visit for h in new.holds)
+        assert waits or m.approved == (new.phase, new.visit), "a manual phase without an approval wait in this visit"
     # Every hold of this visit or kept; approvals of past visits are gone.
     assert all(h.visit == new.visit for h in new.holds if h.kind is HoldKind.APPROVAL_WAIT)
     # Risk accounting stays in range.
@@ -443,8 +456,8 @@ def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observati
 
 
 GuardMachine.TestCase.settings = settings(
-    max_examples=int(__import__("os").environ.get("PHASEGATE_STATE_MACHINE_EXAMPLES", "250")),
-    stateful_step_count=80,
+    max_examples=int(__import__("os").environ.get("PHASEGATE_STATE_MACHINE_EXAMPLES", "200")),
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
