@@ -472,6 +472,10 @@ VALUE_SETS = {
         "--set", "image.tag=9.9.9",
         "--set", "podAnnotations.a=b",
         "--set", "nodeSelector.disk=ssd",
+        "--set", "prometheusRule.enabled=true",
+        "--set", "prometheusRule.labels.release=kube-prometheus-stack",
+        "--set", "grafanaDashboard.namespace=monitoring",
+        "--set", "grafanaDashboard.annotations.grafana_folder=Trading",
     ],
 }
 
@@ -565,3 +569,63 @@ def test_helm_template_renders_the_expected_objects(values: str):
     assert selector.items() <= spec["template"]["metadata"]["labels"].items()
     service = next(d for d in docs if d["kind"] == "Service")
     assert service["spec"]["selector"] == selector
+
+
+# --------------------------------------------------------------------------- alerts and dashboard
+
+
+def test_values_declare_the_monitoring_switches():
+    values = _values()
+    # A PrometheusRule needs the Prometheus Operator's CRDs: off unless asked for.
+    assert values["prometheusRule"]["enabled"] is False
+    assert values["prometheusRule"]["operatorJob"] == ""
+    # The dashboard is a plain ConfigMap: on by default (docs/operations.md).
+    assert values["grafanaDashboard"]["enabled"] is True
+    for name in ("prometheusrule.yaml", "grafana-dashboard.yaml"):
+        assert (TEMPLATES / name).is_file(), name
+
+
+@needs_helm
+@pytest.mark.parametrize("values", list(VALUE_SETS), ids=str)
+def test_helm_renders_the_shipped_alerts_and_dashboard(values: str):
+    """The chart's PrometheusRule and dashboard ConfigMap are monitoring/alerts.yaml and
+    monitoring/dashboard.json, byte for byte once parsed."""
+    docs = _render(values)
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    dashboards = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "phasegate-dashboard"]
+    assert len(rules) == (1 if values == "everything" else 0)
+    (cm,) = dashboards
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["phasegate.json"]) == json.loads((ROOT / "monitoring" / "dashboard.json").read_text())
+    if values == "everything":
+        (rule,) = rules
+        assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+        assert rule["metadata"]["namespace"] == "phasegate-system"
+        assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert rule["spec"] == _load(ROOT / "monitoring" / "alerts.yaml")
+        assert cm["metadata"]["namespace"] == "monitoring"
+        assert cm["metadata"]["annotations"] == {"grafana_folder": "Trading"}
+    else:
+        assert cm["metadata"]["namespace"] == "phasegate-system"
+        assert "annotations" not in cm["metadata"]
+
+
+@needs_helm
+def test_helm_prometheus_rule_follows_the_release_and_operator_job():
+    def rule_of(*args: str) -> dict[str, Any]:
+        out = _run_helm("template", *args, str(CHART), "-n", "ops", "--set", "prometheusRule.enabled=true")
+        assert out.returncode == 0, out.stderr
+        (rule,) = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "PrometheusRule"]
+        return rule
+
+    def down_expr(rule: dict[str, Any]) -> str:
+        return next(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]
+                    if r.get("alert") == "PhasegateOperatorDown")
+
+    # the ServiceMonitor's job is the Service's name: <fullname>-metrics
+    assert 'up{job="trading-phasegate-metrics"}' in down_expr(rule_of("trading"))
+    custom = rule_of("phasegate", "--set", "prometheusRule.operatorJob=my-job")
+    assert 'up{job="my-job"} == 0 or absent(up{job="my-job"})' == down_expr(custom)
+    assert "phasegate-metrics" not in json.dumps(custom["spec"])
+    off = _run_helm("template", "phasegate", str(CHART), "--set", "grafanaDashboard.enabled=false")
+    assert off.returncode == 0 and "grafana_dashboard" not in off.stdout
