@@ -376,7 +376,8 @@ def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observati
         ), "advanced before the minimum duration"
         gate = old_phase.effective_gates.min_signal_alignment
         if gate is not None:
-            assert obs.metrics.signal_alignment is not None and obs.metrics.signal_alignment >= gate, "advanced past a failing gate"
+            seen = obs.metrics.signal_alignment
+            assert seen is not None and seen >= gate, "advanced past a failing gate"
         if old_phase.approval.value == "manual":
             waited = any(h.kind is HoldKind.APPROVAL_WAIT and h.visit == old.visit for h in old.holds)
             assert not waited or _accepted(d, old, obs, Verb.PROMOTE), "left a manual phase without promote"
