@@ -405,6 +405,37 @@ def run(
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of the operator's /metrics.")] = 8080,
     liveness_port: Annotated[int, typer.Option("--liveness-port", help="Port of the liveness endpoint.")] = 8081,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    leader_elect: Annotated[
+        bool,
+        typer.Option("--leader-elect/--no-leader-elect", envvar="PHASEGATE_LEADER_ELECT",
+                     help="Act only while holding the leader Lease (run several replicas, one acts)."),
+    ] = True,
+    lease_duration: Annotated[
+        float, typer.Option("--lease-duration", envvar="PHASEGATE_LEASE_DURATION", min=0,
+                            help="Seconds a standby waits before taking a lease that is not renewed.")
+    ] = 15.0,
+    renew_deadline: Annotated[
+        float, typer.Option("--renew-deadline", envvar="PHASEGATE_RENEW_DEADLINE", min=0,
+                            help="Seconds without a successful renewal after which the leader stops acting "
+                                 "(less than --lease-duration).")
+    ] = 10.0,
+    retry_period: Annotated[
+        float, typer.Option("--retry-period", envvar="PHASEGATE_RETRY_PERIOD", min=0,
+                            help="Seconds between attempts to acquire or renew the lease.")
+    ] = 2.0,
+    lease_name: Annotated[
+        str, typer.Option("--lease-name", envvar="PHASEGATE_LEASE_NAME", help="Name of the leader Lease.")
+    ] = "phasegate-leader",
+    lease_namespace: Annotated[
+        Optional[str],
+        typer.Option("--lease-namespace", envvar="PHASEGATE_LEASE_NAMESPACE", show_default=False,
+                     help="Namespace of the leader Lease. Default: $POD_NAMESPACE, else --namespace, else default."),
+    ] = None,
+    dead_holder_check: Annotated[
+        bool,
+        typer.Option("--lease-dead-holder-check/--no-lease-dead-holder-check", envvar="PHASEGATE_LEASE_DEAD_HOLDER_CHECK",
+                     hidden=True, help="Take at once a lease whose holder is a dead process of this host."),
+    ] = True,
 ) -> None:
     """Run the operator against the current kubeconfig (KUBECONFIG / --kubeconfig, current context)."""
     g = ctx.find_root().obj or {}
@@ -426,6 +457,24 @@ def run(
                 REFUSED,
             ) from exc
         raise
+    if leader_elect and not lease_duration > renew_deadline > retry_period > 0:
+        raise CliError(
+            "leader election needs --lease-duration > --renew-deadline > --retry-period > 0 "
+            f"(got {lease_duration:g} / {renew_deadline:g} / {retry_period:g})",
+            REFUSED,
+        )
+    # The operator reads its leader-election settings from these (controller/main.py), as
+    # it does when started by other means.
+    os.environ.update({
+        "PHASEGATE_LEADER_ELECT": "true" if leader_elect else "false",
+        "PHASEGATE_LEASE_DURATION": repr(lease_duration),
+        "PHASEGATE_RENEW_DEADLINE": repr(renew_deadline),
+        "PHASEGATE_RETRY_PERIOD": repr(retry_period),
+        "PHASEGATE_LEASE_NAME": lease_name,
+        "PHASEGATE_LEASE_DEAD_HOLDER_CHECK": "true" if dead_holder_check else "false",
+    })
+    if lease_namespace:
+        os.environ["PHASEGATE_LEASE_NAMESPACE"] = lease_namespace
     run_operator(
         namespace=namespace or g.get("namespace"),
         metrics_port=metrics_port,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -20,6 +22,7 @@ from phasegate.api.observations import Observation
 
 from . import telemetry
 from .kube import Conflict
+from .leader import NotLeading
 from .reconcile import Reconciler
 
 STRATEGY = dict(group=contract.GROUP, version=contract.VERSION, plural=contract.PLURAL)
@@ -32,10 +35,24 @@ class Loop:
     children need writing is decided on every pass from what is observed, never remembered."""
 
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # The watchdog's view (monotonic seconds): when the loop started, its interval, and when
+    # its last evaluation (an interval pass) completed.
+    started: float = field(default_factory=time.monotonic)
+    interval: float = 30.0
+    last_evaluation: Optional[float] = None
 
 
 LOOPS: dict[tuple[str, str], Loop] = {}
 RECONCILER: Optional[Reconciler] = None
+# Whether this process is the leader right now (controller/main.py sets the elector's
+# predicate). A loop never reconciles unless it is; every write is fenced on it as well.
+def always_leading() -> bool:
+    return True
+
+
+LEADING: Callable[[], bool] = always_leading
+STANDBY_POLL = 5.0  # a standby's loops are woken when it starts leading; this is only a backstop
+WATCHDOG_INTERVALS = 3.0
 
 
 def loop_for(namespace: str, name: str) -> Loop:
@@ -44,6 +61,24 @@ def loop_for(namespace: str, name: str) -> Loop:
 
 def wake(namespace: str, name: str) -> None:
     loop_for(namespace, name).wake.set()
+
+
+def wake_all() -> None:
+    """On becoming leader: every loop evaluates at once (their ticks were kept due)."""
+    for loop in list(LOOPS.values()):
+        loop.wake.set()
+
+
+def stale_loops(leading_since: Optional[float], now: Optional[float] = None) -> list[str]:
+    """Strategies whose last evaluation is older than WATCHDOG_INTERVALS of their interval,
+    counted at the earliest from when this process became leader."""
+    now = time.monotonic() if now is None else now
+    out = []
+    for (ns, name), loop in list(LOOPS.items()):
+        base = max(loop.last_evaluation or loop.started, leading_since or 0.0)
+        if now - base > WATCHDOG_INTERVALS * loop.interval:
+            out.append(f"{ns}/{name}: last evaluation {now - base:.1f}s ago (interval {loop.interval:g}s)")
+    return out
 
 
 def _interval(spec: Optional[StrategySpec], body: Any) -> float:
@@ -80,27 +115,33 @@ async def strategy_loop(body: kopf.Body, namespace: str, name: str, stopped: kop
     aio = asyncio.get_running_loop()
     me = loop_for(namespace, name)
     next_tick = aio.time()
+    me.interval = _interval(None, body)
     log = telemetry.log_for(namespace, name)
     log.info("watching strategy")
     try:
         while not stopped:
+            timeout = max(0.0, next_tick - aio.time()) if LEADING() else STANDBY_POLL
             try:
-                await asyncio.wait_for(me.wake.wait(), timeout=max(0.0, next_tick - aio.time()))
+                await asyncio.wait_for(me.wake.wait(), timeout=timeout)
             except TimeoutError:
                 pass
             me.wake.clear()
             if stopped:
                 break
+            if not LEADING():  # a standby (or a leader past its renew deadline) never reconciles
+                next_tick = min(next_tick, aio.time())  # kept due: the first pass as leader evaluates
+                continue
             tick = aio.time() >= next_tick
             current: Optional[dict[str, Any]] = _plain(body)
             spec: Optional[StrategySpec] = None
             carry: Optional[Observation] = None
-            failed = False
+            failed = completed = False
             for attempt in range(5):
                 try:
                     spec, _ = await RECONCILER.reconcile(
                         current, trigger="interval" if tick else "event", read_metrics=tick, carry=carry,
                     )
+                    completed = True
                     break
                 except Conflict as exc:
                     # Someone wrote status after our read (a breaker condition, a request):
@@ -113,6 +154,11 @@ async def strategy_loop(body: kopf.Body, namespace: str, name: str, stopped: kop
                         return
                 except asyncio.CancelledError:
                     raise
+                except NotLeading as exc:  # leadership lapsed mid-pass: the write was refused
+                    log.warning("pass abandoned: not leading", error=str(exc))
+                    next_tick = min(next_tick, aio.time())
+                    tick = False
+                    break
                 except Exception as exc:  # keep the loop alive; the next pass compares and repairs
                     telemetry.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
                     log.exception("reconcile failed", error=str(exc))
@@ -120,9 +166,17 @@ async def strategy_loop(body: kopf.Body, namespace: str, name: str, stopped: kop
                     failed = True
                     break
             if tick:
-                next_tick = aio.time() + _interval(spec, body)
+                me.interval = _interval(spec, body)
+                next_tick = aio.time() + me.interval
+                if completed:
+                    me.last_evaluation = time.monotonic()
+                    telemetry.LAST_EVALUATION.labels(namespace, name).set(time.time())
             if failed:
                 next_tick = min(next_tick, aio.time() + 1.0)  # a failed write is repaired soon, not next interval
     finally:
         LOOPS.pop((namespace, name), None)
+        try:
+            telemetry.LAST_EVALUATION.remove(namespace, name)
+        except KeyError:
+            pass
         log.info("stopped watching strategy")

@@ -6,6 +6,7 @@ Deliberately absent: any call that reads a Secret (safety rule 7).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Optional
 
@@ -31,9 +32,16 @@ async def load_client() -> client.ApiClient:
     return client.ApiClient()
 
 
+def _unfenced(op: str, target: str) -> None:
+    return None
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, fence: Callable[[str, str], None] = _unfenced) -> None:
         self.api = api
+        # Called before every write with (operation, object); raises when this process may not
+        # write now (leader election: controller/leader.py). Reads are never fenced.
+        self.fence = fence
         self.custom = client.CustomObjectsApi(api)
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
@@ -43,6 +51,7 @@ class Kube:
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> dict[str, Any]:
         """Replace what we own of status, only if nobody wrote since `resource_version`."""
+        self.fence("patch_status", f"{namespace}/{name}")
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
         try:
             return await self.custom.patch_namespaced_custom_object_status(
@@ -66,6 +75,7 @@ class Kube:
     async def apply(self, obj: dict[str, Any]) -> None:
         """Server-side apply: idempotent, and it leaves fields others own alone."""
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+        self.fence("apply", f"{kind} {ns}/{name}")
         body = json.loads(json.dumps(obj))
         kwargs = dict(field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
         if kind == "StatefulSet":
@@ -81,6 +91,7 @@ class Kube:
 
     async def scale_statefulset(self, namespace: str, name: str, replicas: int) -> bool:
         """The halt path: the smallest write that stops the pod. False when there is no StatefulSet."""
+        self.fence("scale", f"StatefulSet {namespace}/{name}")
         try:
             await self.apps.patch_namespaced_stateful_set(name, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE)
             return True
@@ -107,6 +118,7 @@ class Kube:
             raise
 
     async def delete_network_policy(self, namespace: str, name: str) -> None:
+        self.fence("delete", f"NetworkPolicy {namespace}/{name}")
         try:
             await self.networking.delete_namespaced_network_policy(name, namespace)
         except ApiException as exc:
@@ -143,6 +155,7 @@ class Kube:
             raise
 
     async def create_job(self, job: dict[str, Any]) -> None:
+        self.fence("create_job", f"{job['metadata']['namespace']}/{job['metadata']['name']}")
         try:
             await self.batch.create_namespaced_job(job["metadata"]["namespace"], job)
         except ApiException as exc:
@@ -167,6 +180,7 @@ class Kube:
         at: datetime,
     ) -> None:
         """An Event with a fixed name: creating it twice is a no-op, so replays stay exactly-once."""
+        self.fence("create_event", f"{namespace}/{event_name}")
         body = {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",

@@ -3,21 +3,73 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+import phasegate
 from phasegate.api import StrategySpec
 from phasegate.metrics import make_source
 
-from . import handlers, telemetry
+from . import handlers, leader, telemetry
 from .kube import Kube, load_client
 from .reconcile import Reconciler
 
 _state: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class LeaderOptions:
+    """`phasegate run`'s leader-election flags (controller-runtime's defaults)."""
+
+    enabled: bool = True
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    lease_name: str = leader.LEASE_NAME
+    lease_namespace: Optional[str] = None  # default: POD_NAMESPACE, else the watched namespace, else default
+    identity: Optional[str] = None  # default: POD_NAME, else hostname_pid
+    dead_holder_check: bool = True
+
+    @classmethod
+    def from_env(cls, env: Optional[dict[str, str]] = None) -> LeaderOptions:
+        """PHASEGATE_LEADER_ELECT, PHASEGATE_LEASE_{DURATION,NAME,NAMESPACE,DEAD_HOLDER_CHECK},
+        PHASEGATE_RENEW_DEADLINE, PHASEGATE_RETRY_PERIOD (`phasegate run` sets them from its flags)."""
+        e = os.environ if env is None else env
+
+        def flag(key: str, default: bool) -> bool:
+            raw = e.get(key, "").strip().lower()
+            return default if not raw else raw in ("1", "true", "yes", "on")
+
+        def seconds(key: str, default: float) -> float:
+            raw = e.get(key, "").strip()
+            return float(raw) if raw else default
+
+        return cls(
+            enabled=flag("PHASEGATE_LEADER_ELECT", True),
+            lease_duration=seconds("PHASEGATE_LEASE_DURATION", cls.lease_duration),
+            renew_deadline=seconds("PHASEGATE_RENEW_DEADLINE", cls.renew_deadline),
+            retry_period=seconds("PHASEGATE_RETRY_PERIOD", cls.retry_period),
+            lease_name=e.get("PHASEGATE_LEASE_NAME") or leader.LEASE_NAME,
+            lease_namespace=e.get("PHASEGATE_LEASE_NAMESPACE") or None,
+            dead_holder_check=flag("PHASEGATE_LEASE_DEAD_HOLDER_CHECK", True),
+        )
+
+    def settings(self, watched: Optional[str]) -> leader.ElectionSettings:
+        return leader.ElectionSettings(
+            identity=self.identity or leader.default_identity(),
+            namespace=self.lease_namespace or leader.default_namespace(watched),
+            name=self.lease_name,
+            lease_duration=self.lease_duration,
+            renew_deadline=self.renew_deadline,
+            retry_period=self.retry_period,
+            dead_holder_check=self.dead_holder_check,
+        )
 
 
 def _settings(settings: kopf.OperatorSettings) -> None:
@@ -41,7 +93,16 @@ async def _metrics_app(port: int) -> web.AppRunner:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application()
+    @web.middleware
+    async def alerts_unfenced(request: web.Request, handler: Any) -> Any:
+        # The Alertmanager receiver records a firing alert in status (resourceVersion-guarded,
+        # as a person could): any replica may do that; the leader acts on it.
+        if request.path.startswith("/alertmanager/"):
+            with leader.unfenced():
+                return await handler(request)
+        return await handler(request)
+
+    app = web.Application(middlewares=[alerts_unfenced])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     try:
@@ -56,11 +117,48 @@ async def _metrics_app(port: int) -> web.AppRunner:
     return runner
 
 
+def _fence(elector: leader.LeaderElector, log: Any) -> Any:
+    def fence(op: str, target: str) -> None:
+        try:
+            elector.check(op, target)
+        except leader.NotLeading:
+            telemetry.FENCED_WRITES.labels(op).inc()
+            log.warning("write refused: not leading", op=op, object=target)
+            raise
+
+    return fence
+
+
+async def _start_election(api: Any, election: leader.ElectionSettings) -> leader.LeaderElector:
+    log = telemetry.log_for("-", "-").bind(identity=election.identity)
+    store = leader.KubeLeaseStore(api, election.namespace, election.name, timeout=election.renew_deadline)
+    elector = leader.LeaderElector(store, election, fingerprint=leader.process_fingerprint(), log=log)
+    elector.on_started.append(handlers.wake_all)
+    telemetry.LEADER.labels(election.identity).set_function(lambda: 1.0 if elector.leading() else 0.0)
+    await elector.step()  # a lone operator leads before its first pass
+    if not elector.leading():
+        log.info("standing by", holder=elector.holder or None, lease=f"{election.namespace}/{election.name}")
+    _state["election_task"] = asyncio.create_task(elector.run(), name="phasegate leader election")
+    return elector
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _settings(settings)
     api = await load_client()
-    kube = Kube(api)
+    election: Optional[leader.ElectionSettings] = _state.get("election")
+    elector: Optional[leader.LeaderElector] = None
+    if election is not None:
+        # The apiserver names the writer of each field after the user agent (managedFields):
+        # which replica wrote what stays visible.
+        api.user_agent = f"phasegate@{election.identity}/{phasegate.__version__}"
+        elector = await _start_election(api, election)
+        kube = Kube(api, fence=_fence(elector, telemetry.log_for("-", "-").bind(identity=election.identity)))
+        handlers.LEADING = elector.leading
+    else:
+        kube = Kube(api)
+        handlers.LEADING = handlers.always_leading
+    _state["elector"] = elector
     sources: dict[str, Any] = {}
 
     def source_for(spec: StrategySpec):
@@ -73,11 +171,44 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _state["api"] = api
     if _state.get("metrics_port"):
         _state["runner"] = await _metrics_app(_state["metrics_port"])
-    telemetry.log_for("-", "-").info("operator started", metrics_port=_state.get("metrics_port"))
+    telemetry.log_for("-", "-").info(
+        "operator started", metrics_port=_state.get("metrics_port"),
+        identity=election.identity if election else None, leading=handlers.LEADING(),
+    )
+
+
+@kopf.on.probe(id="leader")
+def leader_probe(**_: Any) -> dict[str, Any]:
+    elector: Optional[leader.LeaderElector] = _state.get("elector")
+    if elector is None:
+        return {"leading": True, "election": False}
+    return {"leading": elector.leading(), "identity": elector.identity, "holder": elector.holder}
+
+
+@kopf.on.probe(id="watchdog")
+def watchdog_probe(**_: Any) -> str:
+    """Liveness fails when the leader has a strategy not evaluated for 3 of its intervals
+    (a stuck loop guards nothing). A standby evaluates nothing, so it is never stale."""
+    elector: Optional[leader.LeaderElector] = _state.get("elector")
+    if elector is not None and not elector.leading():
+        return "standby"
+    stale = handlers.stale_loops(elector.leading_since if elector is not None else None)
+    if stale:
+        telemetry.log_for("-", "-").error("watchdog: evaluations are late", late=stale)
+        raise kopf.PermanentError("evaluations are late: " + "; ".join(stale[:5]))
+    return "ok"
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    task = _state.pop("election_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    elector = _state.pop("elector", None)
+    if elector is not None:
+        await elector.release()  # stops acting first, then hands the lease to a standby
     runner = _state.pop("runner", None)
     if runner is not None:
         await runner.cleanup()
@@ -91,9 +222,12 @@ def run(
     metrics_port: int = 8080,
     liveness_port: int = 8081,
     verbose: bool = False,
+    leader_election: Optional[LeaderOptions] = None,
 ) -> None:
     telemetry.configure_logging(verbose)
     _state["metrics_port"] = metrics_port
+    options = leader_election or LeaderOptions.from_env()
+    _state["election"] = options.settings(namespace) if options.enabled else None
     kwargs: dict[str, Any] = {"standalone": True}
     if namespace:
         kwargs["namespaces"] = [namespace]

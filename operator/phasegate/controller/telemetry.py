@@ -48,6 +48,20 @@ STATUS_CONFLICTS = Counter(
     registry=REGISTRY,
 )
 
+LEADER = Gauge(
+    "phasegate_leader", "1 while this process holds the leader Lease and may act (renewed within the renew deadline).",
+    ["identity"], registry=REGISTRY,
+)
+FENCED_WRITES = Counter(
+    "phasegate_fenced_writes_total", "Writes refused because this process was not the leader at that moment.",
+    ["op"], registry=REGISTRY,
+)
+LAST_EVALUATION = Gauge(
+    "phasegate_strategy_last_evaluation_timestamp_seconds",
+    "Unix time of the strategy's last completed evaluation (an interval pass of its loop, on the leader).",
+    ["namespace", "strategy"], registry=REGISTRY,
+)
+
 
 def configure_logging(verbose: bool = False) -> None:
     """JSON lines on stdout for our logs and kopf's alike."""
