@@ -242,9 +242,14 @@ def test_rbac_is_least_privilege():
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
         ("", "namespaces"): {"list", "watch"},
     }
+    # Leader election: the one Lease, in the release namespace; no delete, no list or watch.
+    assert _grants(_rbac_rules("phasegate.rbac.leaderElectionRules")) == {
+        ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+    }
     text = (TEMPLATES / "rbac.yaml").read_text()
     assert "clusterkopfpeerings" in text
-    assert "coordination.k8s.io" not in _strip_yaml_comments(text)
+    assert _strip_yaml_comments(text).count("coordination.k8s.io") == 1
+    assert "name: {{ include \"phasegate.fullname\" . }}-leader-election\n  namespace: {{ .Release.Namespace }}" in text
     # Namespaced mode: a Role and RoleBinding in watchNamespace.
     assert "kind: Role\n" in text and "kind: RoleBinding\n" in text
     assert "namespace: {{ .Values.watchNamespace }}" in text
@@ -252,8 +257,10 @@ def test_rbac_is_least_privilege():
 
 def test_deployment_runs_one_operator_with_a_locked_down_pod():
     text = (TEMPLATES / "deployment.yaml").read_text()
-    assert re.search(r"^  replicas: 1$", text, re.M)
-    assert re.search(r"strategy:\n    type: Recreate", text)
+    # Several replicas, one acting (the leader Lease); rolled with no pod unavailable.
+    assert re.search(r"^  replicas: \{\{ \.Values\.replicaCount \}\}$", text, re.M)
+    assert _values()["replicaCount"] == 2
+    assert re.search(r"strategy:\n    type: RollingUpdate\n    rollingUpdate:\n      maxSurge: 1\n      maxUnavailable: 0", text)
     assert re.search(r"#.*(two|2) operators", text, re.I), "the HA decision is explained"
     assert 'command: ["phasegate"]' in text
     args = re.search(r"args:\n((?:\s+- .*\n|\s+\{\{.*\}\}\n)+)", text).group(1)
@@ -516,7 +523,7 @@ def test_helm_template_renders_the_expected_objects(values: str):
             for rule in d["rules"]:
                 assert "secrets" not in rule["resources"] and "*" not in rule["resources"]
                 assert "*" not in rule["verbs"] and "*" not in rule["apiGroups"]
-        if d["kind"] == "Role":
+        if d["kind"] == "Role" and d["metadata"]["name"] != "phasegate-leader-election":
             assert d["metadata"]["namespace"] == "trading"
     assert ("ServiceAccount", "phasegate") in kinds
     assert ("Deployment", "phasegate") in kinds and ("Service", "phasegate-metrics") in kinds
@@ -526,13 +533,23 @@ def test_helm_template_renders_the_expected_objects(values: str):
         assert ("ClusterRole", "phasegate") not in kinds
     else:
         assert {("ClusterRole", "phasegate"), ("ClusterRoleBinding", "phasegate")} <= kinds
-        assert not any(k == "Role" for k, _ in kinds)
+        assert not any(k == "Role" and n != "phasegate-leader-election" for k, n in kinds)
+    assert {("Role", "phasegate-leader-election"), ("RoleBinding", "phasegate-leader-election")} <= kinds
+    (lease_role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "phasegate-leader-election"]
+    assert lease_role["metadata"]["namespace"] == "phasegate-system"
+    assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                    "verbs": ["get", "create", "update"]}]
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["minAvailable"] == 1
     assert (("ServiceMonitor", "phasegate") in kinds) == (values == "everything")
 
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     spec = deploy["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert anti["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
     (c,) = pod["containers"]
     argv = c["command"] + c["args"]
     assert argv[:6] == ["phasegate", "run", "--metrics-port", "8080", "--liveness-port", "8081"]
@@ -553,6 +570,11 @@ def test_helm_template_renders_the_expected_objects(values: str):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["serviceAccountName"] == "phasegate"
     env = {e["name"]: e for e in c.get("env") or []}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert {k: env[k]["value"] for k in ("PHASEGATE_LEASE_DURATION", "PHASEGATE_RENEW_DEADLINE",
+                                         "PHASEGATE_RETRY_PERIOD")} == {
+        "PHASEGATE_LEASE_DURATION": "15", "PHASEGATE_RENEW_DEADLINE": "10", "PHASEGATE_RETRY_PERIOD": "2"}
     if values == "everything":
         assert c["image"] == "phasegate:9.9.9"
         assert env["PHASEGATE_ALERTMANAGER_TOKEN"]["valueFrom"] == {
