@@ -171,8 +171,29 @@ def status(
     out = _console()
     if not watch:
         out.print(render.render_status(obj, _now()))
+        lease = _leader_lease(k, ns)
+        line = render.leader_line(lease, _now()) if lease else None
+        if line is not None:
+            out.print(line)
         return
     _watch(k, ns, name, obj, out)
+
+
+def _leader_lease(k: kube.KubeApi, ns: str) -> Optional[dict[str, Any]]:
+    """The operator's leader Lease: in $PHASEGATE_LEASE_NAMESPACE, the strategy's namespace,
+    phasegate-system or default, the first found. None when none can be read (skipped)."""
+    call = getattr(k, "_call", None)
+    if call is None:
+        return None
+    places = (os.environ.get("PHASEGATE_LEASE_NAMESPACE"), ns, "phasegate-system", "default")
+    for lease_ns in dict.fromkeys(x for x in places if x):
+        try:
+            lease = call("GET", f"/apis/coordination.k8s.io/v1/namespaces/{lease_ns}/leases/phasegate-leader")
+        except Exception:  # noqa: BLE001 - absent, forbidden or unreachable: the status view stands alone
+            continue
+        if isinstance(lease, dict) and lease.get("spec") is not None:
+            return lease
+    return None
 
 
 def _watch(k: kube.KubeApi, ns: str, name: str, obj: dict[str, Any], out: Console, interval: float = 1.0) -> None:

@@ -161,6 +161,22 @@ def render_status(obj: dict[str, Any], now: datetime) -> RenderableType:
     return Group(*parts)
 
 
+def leader_line(lease: dict[str, Any], now: datetime) -> Optional[Text]:
+    """Who acts: the holder of the operator's leader Lease, and when it last renewed it."""
+    spec = lease.get("spec") or {}
+    meta = lease.get("metadata") or {}
+    where = f"{meta.get('namespace', '?')}/{meta.get('name', '?')}"
+    holder = spec.get("holderIdentity") or ""
+    renewed = parse_time(spec.get("renewTime"))
+    duration = spec.get("leaseDurationSeconds") or 0
+    if not holder:
+        return Text(f"operator leader: none (lease {where} released)", style="yellow")
+    expired = renewed is None or (now - renewed).total_seconds() > duration
+    text = Text.assemble("operator leader: ", (holder, "bold"), f" (lease {where}, renewed {ago(renewed, now)}")
+    text.append(", expired: a standby takes over)" if expired else ")", style="yellow" if expired else "")
+    return text
+
+
 def _header(s: Strategy, now: datetime) -> RenderableType:
     st, spec = s.status, s.spec
     grid = Table.grid(padding=(0, 3))

@@ -419,3 +419,37 @@ def test_the_watchdog_names_strategies_not_evaluated_for_three_intervals(monkeyp
     # counted from when this process became leader at the earliest
     assert handlers.stale_loops(leading_since=90.0, now=100.0) == []
     assert len(handlers.stale_loops(None, now=111.0)) == 2
+
+
+# --------------------------------------------------------------------------- `phasegate status`: the holder line
+
+
+def test_status_shows_the_lease_holder_and_skips_an_unreadable_lease():
+    from phasegate.cli import main as cli_main
+    from phasegate.cli import render
+
+    now = EPOCH + timedelta(seconds=100)
+    lease = {"metadata": {"namespace": "ops", "name": "phasegate-leader"},
+             "spec": {"holderIdentity": "phasegate-7d9-x", "renewTime": "2026-01-01T00:01:38.000000Z",
+                      "leaseDurationSeconds": 15}}
+    text = render.leader_line(lease, now).plain
+    assert text.startswith("operator leader: phasegate-7d9-x (lease ops/phasegate-leader, renewed 2s ago")
+    assert "expired" not in text
+    late = render.leader_line(dict(lease, spec=dict(lease["spec"], renewTime="2026-01-01T00:00:00Z")), now).plain
+    assert "expired" in late
+    assert "none" in render.leader_line({"spec": {"holderIdentity": ""}}, now).plain
+
+    class K:
+        def __init__(self, where):
+            self.where, self.asked = where, []
+
+        def _call(self, method, path):
+            self.asked.append(path.split("/namespaces/")[1].split("/")[0])
+            if f"/namespaces/{self.where}/" not in path:
+                raise RuntimeError("404")
+            return lease
+
+    k = K("phasegate-system")
+    assert cli_main._leader_lease(k, "trading") == lease and k.asked == ["trading", "phasegate-system"]
+    assert cli_main._leader_lease(K("elsewhere"), "trading") is None
+    assert cli_main._leader_lease(object(), "trading") is None  # a fake without the transport
