@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Optional
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -462,7 +463,8 @@ GuardMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-TestGuardMachine = GuardMachine.TestCase
+# Shrinking a failure can take minutes: more than the suite's per-test timeout allows.
+TestGuardMachine = pytest.mark.timeout(1200)(GuardMachine.TestCase)
 
 
 def teardown_module() -> None:
