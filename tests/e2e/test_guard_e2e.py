@@ -126,23 +126,8 @@ def test_a_halt_whose_statefulset_write_fails_reaches_the_pod_once_writes_work(o
     metrics_read(ts, "stuck")
     pod_of_phase(ts, "stuck", "paper")
     adm = k8s_client.AdmissionregistrationV1Api(ts.api.api_client)
-    name = f"deny-sts-{namespace}"[:60]
-    adm.create_validating_admission_policy({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [
-                {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["statefulsets"]}]},
-            "validations": [{"expression": "false", "message": "writes to StatefulSets are frozen (test)"}],
-        },
-    })
-    adm.create_validating_admission_policy_binding({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}},
-    })
+    sts_updates = {"apiGroups": ["apps"], "resources": ["statefulsets"], "operations": ["UPDATE"]}
+    name = _deny(adm, f"deny-sts-{namespace}", namespace, sts_updates, "false", "writes to StatefulSets are frozen (test)")
     try:
         def frozen() -> bool:
             try:
@@ -168,6 +153,28 @@ def test_a_halt_whose_statefulset_write_fails_reaches_the_pod_once_writes_work(o
     assert st["state"] == "Halted"
 
 
+def _deny(adm, name: str, namespace: str, rule: dict, expression: str, message: str) -> str:
+    """A ValidatingAdmissionPolicy (built in: no webhook server) that refuses what `expression`
+    rejects, for one namespace. Returns its name, for the clean-up."""
+    name = name[:60]
+    adm.create_validating_admission_policy({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiVersions": ["v1"], **rule}]},
+            "validations": [{"expression": expression, "message": message}],
+        },
+    })
+    adm.create_validating_admission_policy_binding({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}},
+    })
+    return name
+
+
 def _pod_gone(ts: Strategies, pod: str) -> bool:
     try:
         ts.core.read_namespaced_pod(pod, ts.ns)
@@ -179,27 +186,10 @@ def _pod_gone(ts: Strategies, pod: str) -> bool:
 @pytest.mark.timeout(180)
 def test_a_pod_the_cluster_refuses_is_reported_not_charged_and_the_running_pod_kept(op, ts, k8s, namespace):
     adm = k8s_client.AdmissionregistrationV1Api(ts.api.api_client)
-    name = f"deny-live-{namespace}"[:60]
-    adm.create_validating_admission_policy({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [
-                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]},
-            "validations": [{
-                "expression": "!has(object.metadata.annotations) || !('phasegate.dev/mode' in object.metadata.annotations)"
-                              " || object.metadata.annotations['phasegate.dev/mode'] != 'live'",
-                "message": "live pods need the desk's sign-off label (test policy)",
-            }],
-        },
-    })
-    adm.create_validating_admission_policy_binding({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}},
-    })
+    live_pod = ("!has(object.metadata.annotations) || !('phasegate.dev/mode' in object.metadata.annotations)"
+                " || object.metadata.annotations['phasegate.dev/mode'] != 'live'")
+    name = _deny(adm, f"deny-live-{namespace}", namespace, {"apiGroups": [""], "resources": ["pods"], "operations": ["CREATE"]},
+                 live_pod, "live pods need the desk's sign-off label (test policy)")
     try:
         # The paper pod is admitted; the live-10 pod the ladder then asks for is not.
         ts.create(plans.strategy("refused", phases=LIVE_AFTER_PAPER, max_fraction=0.10,
