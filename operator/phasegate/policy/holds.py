@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Optional
 
 from phasegate.api.spec import Mode, StrategySpec
-from phasegate.api.status import PAUSING_HOLDS, STOPPING_HOLDS, Hold, HoldKind, State
+from phasegate.api.status import PAUSING_HOLDS, STOPPING_HOLDS, Hold, HoldKind, State, StrategyStatus
 
 
 def derive_state(spec: StrategySpec, phase: str, phase_index: int, holds: Iterable[Hold]) -> State:
@@ -55,4 +55,18 @@ def active(holds: Iterable[Hold], kind: HoldKind, source: str) -> Optional[Hold]
     return next((h for h in holds if h.kind is kind and h.source == source), None)
 
 
-__all__ = ["active", "derive_state", "matches", "newest_stopping", "stopping"]
+def resumable(status: StrategyStatus) -> list[Hold]:
+    """The holds `resume` lifts now: manual pauses, risk pauses whose limit is back within
+    bounds, metrics pauses once every limit was checked at the last read."""
+    out = []
+    for h in status.holds:
+        if h.kind is HoldKind.MANUAL_PAUSE:
+            out.append(h)
+        elif h.kind is HoldKind.RISK_PAUSE and h.source not in status.risk.breaching:
+            out.append(h)
+        elif h.kind is HoldKind.METRICS_PAUSE and not status.risk.limit_failures and status.metrics.consecutive_errors == 0:
+            out.append(h)
+    return out
+
+
+__all__ = ["active", "derive_state", "matches", "newest_stopping", "resumable", "stopping"]

@@ -57,12 +57,10 @@ def refusal(spec: StrategySpec, status: StrategyStatus, req: Request | Verb) -> 
             return "the strategy is already paused by a person; `resume` lifts that pause"
         return None
     if verb is Verb.RESUME:
-        from .rollout import resumable
-
         paused = status.holds_of(HoldKind.MANUAL_PAUSE, HoldKind.RISK_PAUSE, HoldKind.METRICS_PAUSE)
         if not paused:
             return f"resume continues a paused strategy, and this one is {state.value}"
-        lifts = resumable(status)
+        lifts = H.resumable(status)
         if not lifts:
             kept = "; ".join(f"{h.kind.value} {h.id} ({h.source}): {h.reason}" for h in paused)
             return (f"nothing can be resumed yet: {kept} "

@@ -55,9 +55,11 @@ from . import accounting
 from . import holds as H
 from .conditions import set_condition
 from .desired import Desired, desired_for, mismatch
+from .emergency import begin_emergency, begin_emergency_on_breach, flatten_wanted, progress
 from .gates import evaluate_backtest_gates, evaluate_metric_gates, start_phase_window
 from .requests import refusal
 from .risk import KIND_CIRCUIT, KIND_RISK, Breach, configured_limits, evaluate_risk, failed_read
+from .timing import startup_grace
 
 OPERATOR = "operator"
 REDUCE_CUT = Decimal("0.8")  # a reduce with no lower live rung keeps 80% of the fraction
@@ -299,8 +301,6 @@ def decide(
             if d.spec_generation != generation:
                 d.spec_generation, d.last_readable_spec = generation, spec.wire()
     if d.emergency is not None and not d.emergency.finished:
-        from .emergency import progress
-
         progress(d, obs.emergency)
     return _finish(d, obs, spec_error)
 
@@ -363,8 +363,6 @@ def _apply_request(d: Draft, req: Request) -> None:
     if req.verb is Verb.HALT:
         d.hold(HoldKind.HALT, Transition.HALT, reason, source="manualHalt", by=req.by, cause=Cause.MANUAL)
     elif req.verb is Verb.EMERGENCY:
-        from .emergency import begin_emergency
-
         begin_emergency(d, req)
     elif req.verb is Verb.RESET:
         d.lift(*d.held(*STOPPING_HOLDS))
@@ -377,25 +375,11 @@ def _apply_request(d: Draft, req: Request) -> None:
     elif req.verb is Verb.PAUSE:
         d.hold(HoldKind.MANUAL_PAUSE, Transition.PAUSE, reason, source="manualPause", by=req.by, cause=Cause.MANUAL)
     elif req.verb is Verb.RESUME:
-        d.lift(*resumable(d.to_status()))
+        d.lift(*H.resumable(d.to_status()))
         d.record(Transition.RESUME, reason, by=req.by)
     elif req.verb is Verb.PROMOTE:
         d.lift(*[h for h in d.held(HoldKind.APPROVAL_WAIT) if h.visit == d.visit])
         d.record(Transition.APPROVE, reason, by=req.by)
-
-
-def resumable(status: StrategyStatus) -> list[Hold]:
-    """The holds `resume` lifts now: manual pauses, risk pauses whose limit is back within
-    bounds, metrics pauses once every limit was checked at the last read."""
-    out = []
-    for h in status.holds:
-        if h.kind is HoldKind.MANUAL_PAUSE:
-            out.append(h)
-        elif h.kind is HoldKind.RISK_PAUSE and h.source not in status.risk.breaching:
-            out.append(h)
-        elif h.kind is HoldKind.METRICS_PAUSE and not status.risk.limit_failures and status.metrics.consecutive_errors == 0:
-            out.append(h)
-    return out
 
 
 # --- the ceiling ------------------------------------------------------------------------
@@ -484,8 +468,6 @@ def _observe_metrics(d: Draft, obs: Observation) -> bool:
 
 
 def _past_grace(d: Draft) -> bool:
-    from .timing import startup_grace
-
     return d.phase_started_at is None or d.now - d.phase_started_at >= startup_grace(d.spec)
 
 
@@ -517,8 +499,6 @@ def _trip(d: Draft, breaches: tuple[Breach, ...]) -> None:
         cause = CAUSE_OF_KIND.get(b.kind, Cause.CIRCUIT_BREAKER_TRIPPED)
         reason = f"{b.name}: {b.reason}"
         if b.severity is Severity.CRITICAL and b.kind == KIND_RISK and not d.held(HoldKind.EMERGENCY):
-            from .emergency import begin_emergency_on_breach
-
             begin_emergency_on_breach(d, b)
         if b.action is Action.HALT:
             if not H.active(d.holds, HoldKind.HALT, b.name):
@@ -729,8 +709,6 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
     why: Optional[str] = None
     status = d.to_status()
     if phase is not None:
-        from .emergency import flatten_wanted
-
         desired = desired_for(d.spec, status, d.emergency.id if d.emergency is not None and flatten_wanted(d.emergency) else None)
         why = mismatch(desired, obs.children)
         if obs.children is None:
