@@ -224,6 +224,7 @@ class ChildrenObservation:
     # The apiserver's refusal of the pod the status asks for (Pod Security, a quota, a
     # LimitRange, a missing ServiceAccount, a policy engine), from a server-side dry run.
     pod_refused: Optional[str] = None
+    dry_run_key: str = ""  # the desired key of the pod that dry run was for ("" when none was made)
 
 
 @dataclass(frozen=True)

@@ -131,22 +131,28 @@ async def read_children(kube: Kube, owner: Owner, pod: Any, spec: StrategySpec, 
         desired_key=notes.get(contract.ANNOTATION_DESIRED_KEY, ""),
         pod=pod is not None,
     )
-    return replace(seen, pod_refused=await pod_refusal(kube, owner, spec, status, seen))
+    if not pod_pending(spec, status, seen):
+        return seen
+    return replace(seen, pod_refused=await pod_refusal(kube, owner, spec, status, pod_running=seen.pod),
+                   dry_run_key=desired_key(spec, status))
 
 
-async def pod_refusal(kube: Kube, owner: Owner, spec: StrategySpec, status: StrategyStatus,
-                      seen: ChildrenObservation) -> Optional[str]:
+def pod_pending(spec: StrategySpec, status: StrategyStatus, seen: ChildrenObservation) -> bool:
+    """Whether the pod the status asks for is not running yet (a rung change to make, or a
+    pod the StatefulSet controller has not created): only then is it worth a dry run."""
+    if not spec.phase_named(status.phase) or not pod_runs(spec, status):
+        return False
+    return not (seen.statefulset and seen.pod and seen.desired_key == desired_key(spec, status))
+
+
+async def pod_refusal(kube: Kube, owner: Owner, spec: StrategySpec, status: StrategyStatus, *,
+                      pod_running: bool) -> Optional[str]:
     """The apiserver's answer to the pod the status asks for, by a server-side dry run.
 
-    Only while that pod is not running yet (a rung change to make, or a pod the StatefulSet
-    controller has not created): the dry run goes through every admission step a real
-    create does, so a refusal is seen before the running pod is stopped for a roll that
-    cannot complete, and it is reported as what it is, not as a metrics outage.
+    The dry run goes through every admission step a real create does, so a refusal is seen
+    before the running pod is stopped for a roll that cannot complete, and it is reported as
+    what it is, not as a metrics outage.
     """
-    if not spec.phase_named(status.phase) or not pod_runs(spec, status):
-        return None
-    if seen.statefulset and seen.pod and seen.desired_key == desired_key(spec, status):
-        return None
     template = statefulset(spec, status, owner)["spec"]["template"]
     body = {
         "apiVersion": "v1",
@@ -155,7 +161,7 @@ async def pod_refusal(kube: Kube, owner: Owner, spec: StrategySpec, status: Stra
         "spec": template["spec"],
     }
     refusal = await kube.dry_run_pod(owner.namespace, body)
-    if refusal and seen.pod and "exceeded quota" in refusal:
+    if refusal and pod_running and "exceeded quota" in refusal:
         return None  # the roll stops the running pod first, which frees its share of the quota
     return refusal
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Optional
 
@@ -191,8 +190,12 @@ class Reconciler:
         seen = obs.children
         if needs_apply(desired, seen) and desired.replicas == 1 and seen is not None and seen.pod:
             # A roll stops the running pod first: never for a pod the apiserver would refuse.
-            # The next pass's observation reports the refusal (PodCreateFailed).
-            refused = await pod_refusal(self.kube, owner, spec, status, replace(seen, desired_key=""))
+            # The next pass's observation reports the refusal (PodCreateFailed). The
+            # observation's own dry run answers when it was for this very pod.
+            if seen.dry_run_key == desired.key:
+                refused = seen.pod_refused
+            else:
+                refused = await pod_refusal(self.kube, owner, spec, status, pod_running=True)
             if refused is not None:
                 log = telemetry.log_for(owner.namespace, owner.name)
                 log.warning("rung change held: the cluster refuses the new pod", refusal=refused)
