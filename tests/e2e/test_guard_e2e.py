@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 import plans  # noqa: E402  (tests/support)
 
-from .strategy_env import CRD, Strategies, install_crd, run_cli, start_operator, wait_for
+from .strategy_env import CRD, Strategies, install_crd, run_cli, wait_for
 from .test_risk_e2e import condition, control, metrics_read, pod_of_phase, tripped
 
 LIVE_AFTER_PAPER = [
@@ -30,18 +30,6 @@ def crd(k8s):
     install_crd(k8s)
     yield
     install_crd(k8s)  # whatever a test did to it
-
-
-@pytest.fixture
-def op(kubeconfig, namespace, tmp_path):
-    proc = start_operator(kubeconfig, namespace, tmp_path)
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def ts(k8s, namespace):
-    return Strategies(k8s, namespace)
 
 
 def _status_true(st: dict, ctype: str) -> bool:

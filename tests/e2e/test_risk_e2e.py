@@ -31,11 +31,6 @@ def op(kubeconfig, namespace, tmp_path):
     proc.stop()
 
 
-@pytest.fixture
-def ts(k8s, namespace):
-    return Strategies(k8s, namespace)
-
-
 def control(ts: Strategies, name: str, body: dict) -> dict:
     pod = ts.core.read_namespaced_pod(f"{name}-0", ts.ns)
     req = urllib.request.Request(

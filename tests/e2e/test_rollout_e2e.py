@@ -16,7 +16,6 @@ import yaml
 import plans  # noqa: E402  (tests/support, put on sys.path by strategy_env)
 
 from .strategy_env import (
-    Strategies,
     history_actions,
     install_crd,
     pod_starts,
@@ -29,18 +28,6 @@ from .strategy_env import (
 @pytest.fixture(scope="module", autouse=True)
 def crd(k8s):
     install_crd(k8s)
-
-
-@pytest.fixture
-def op(kubeconfig, namespace, tmp_path):
-    proc = start_operator(kubeconfig, namespace, tmp_path)
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def ts(k8s, namespace):
-    return Strategies(k8s, namespace)
 
 
 @pytest.mark.timeout(180)
