@@ -76,7 +76,6 @@ class Decision:
     outcome: str  # the last transition, or "hold"
     reason: str
     desired: Optional[Desired] = None  # None: the spec does not say what the children are
-    actuated: Optional[str] = None  # why the children do not match `desired`; None when they do
 
     @property
     def changed(self) -> bool:
@@ -706,7 +705,6 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
                           now, gen)
 
     desired: Optional[Desired] = None
-    why: Optional[str] = None
     status = d.to_status()
     if phase is not None:
         desired = desired_for(d.spec, status, d.emergency.id if d.emergency is not None and flatten_wanted(d.emergency) else None)
@@ -721,14 +719,13 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
     elif d.stopped:
         # The spec does not say what the pod is, but a halt needs no spec: stop it.
         desired = Desired(replicas=0, key="", backtest_job=False, flatten_job=None)
-        why = mismatch(desired, obs.children)
     d.conditions = conds
     status = d.to_status()
     if d.base is not None and status.model_copy(update={"clock": d.base.clock}) == d.base:
         # Nothing else changed: time alone is no reason to write (a write wakes another pass).
         status = d.base
     return Decision(status=status, history=tuple(d.added), outcome=d.outcome, reason=d.reason or d.message,
-                    desired=desired, actuated=why)
+                    desired=desired)
 
 
 def _camel(name: str) -> str:

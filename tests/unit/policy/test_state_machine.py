@@ -134,7 +134,6 @@ class GuardMachine(RuleBasedStateMachine):
         self.steps = 0
         self.decide_step(Observation(children=self.cluster.children()))
 
-    fresh_series = False
     series_book = ""
     approved: Optional[tuple[str, int]] = None
 
@@ -435,7 +434,7 @@ def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observati
     if obs.metrics is not None and obs.pod is not None and obs.metrics.portfolio_value > 0:
         book = "live" if obs.pod.mode == "live" else "paper"
         truth = m.cluster.truth.get(book)
-        if truth is not None and b is not None and b.name == book and not m.fresh_series:
+        if truth is not None and b is not None and b.name == book:
             STATS["loss-checks"] += 1
             idx, hwm, day_open, _ = truth
             losses = {"maxDrawdown": 1 - idx / hwm, "maxDailyLoss": 1 - idx / day_open}
