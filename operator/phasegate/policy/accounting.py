@@ -38,7 +38,6 @@ def book_of(mode: Mode) -> str:
 class Step:
     book: Book
     started: bool  # this read began a new series (first read, or a new book)
-    flow: Decimal  # the capital change taken out of this step
 
     @property
     def drawdown(self) -> Decimal:
@@ -58,7 +57,7 @@ def step(prev: Optional[Book], name: str, value: Decimal, capital: Decimal, day:
     flow = capital - prev.last_capital if prev is not None and prev.last_capital is not None else ZERO
     if prev is None or prev.name != name or prev.last_value is None:
         book = Book(name=name, started_at=at, trading_day=day, last_value=value, last_capital=capital)
-        return Step(book=book, started=True, flow=ZERO)
+        return Step(book=book, started=True)
     base = prev.last_value + flow
     # A cut larger than the book leaves nothing to measure a return on: the step is taken
     # as flat, and the losses so far stay on the index (never a fresh start).
@@ -79,7 +78,7 @@ def step(prev: Optional[Book], name: str, value: Decimal, capital: Decimal, day:
             "last_capital": capital,
         }
     )
-    return Step(book=book, started=False, flow=flow)
+    return Step(book=book, started=False)
 
 
 def rebase(book: Optional[Book]) -> Optional[Book]:
