@@ -250,8 +250,8 @@ class LocalCluster:
         *,
         port_base: int | str | None = None,
         kwok_nodes: int = 2,
-        kwok_pod_cidr: str = "127.100.0.0/16",
-        local_pod_cidr: str = "127.77.0.0/16",
+        kwok_pod_cidr: str | None = None,
+        local_pod_cidr: str | None = None,
         start_timeout: float = 90.0,
     ):
         self.state_dir = Path(state_dir or os.environ.get("PHASEGATE_CLUSTER_STATE") or DEFAULT_STATE_DIR).resolve()
@@ -259,8 +259,9 @@ class LocalCluster:
             port_base = os.environ.get("PHASEGATE_CLUSTER_PORT_BASE", DEFAULT_PORT_BASE)
         self.port_base = port_base
         self.kwok_nodes = kwok_nodes
-        self.kwok_pod_cidr = kwok_pod_cidr
-        self.local_pod_cidr = local_pod_cidr
+        # Two clusters on one host (parallel work trees) need pod addresses that do not collide.
+        self.kwok_pod_cidr = kwok_pod_cidr or os.environ.get("PHASEGATE_KWOK_POD_CIDR", "127.100.0.0/16")
+        self.local_pod_cidr = local_pod_cidr or os.environ.get("PHASEGATE_LOCAL_POD_CIDR", "127.77.0.0/16")
         self.start_timeout = start_timeout
         self._started: dict[str, subprocess.Popen] = {}
         self.reused = False  # after up(): True when it found the cluster already running
