@@ -251,3 +251,6 @@ class Observation:
     backtest: Optional[BacktestObservation] = None
     emergency: Optional[EmergencyObservation] = None
     children: Optional[ChildrenObservation] = None
+    # This pass is the strategy's interval evaluation (not a pass woken by a change): its
+    # distance from the previous one is what the evaluation-lag rule checks.
+    evaluated: bool = False

@@ -253,6 +253,14 @@ class MetricsHealth(StatusModel):
             "When the pod of the current phase was last read: after that, an unready pod is a failed read, not a start-up."
         ),
     )
+    last_evaluated_at: Optional[UtcTime] = Field(
+        None,
+        description=(
+            "When the operator last evaluated the strategy on its interval. Evaluated later than 2 intervals after "
+            "the one before counts as a failed metrics read: an operator that falls behind pauses advancement."
+        ),
+    )
+    late_streak: int = Field(0, ge=0, description="Consecutive evaluations late by more than 2 intervals.")
 
 
 class GateResult(StatusModel):

@@ -457,6 +457,17 @@ def run(
         typer.Option("--lease-dead-holder-check/--no-lease-dead-holder-check", envvar="PHASEGATE_LEASE_DEAD_HOLDER_CHECK",
                      hidden=True, help="Take at once a lease whose holder is a dead process of this host."),
     ] = True,
+    kube_qps: Annotated[
+        float, typer.Option("--kube-qps", envvar="PHASEGATE_KUBE_QPS", min=0.1,
+                            help="Client-side rate limit of API calls per second (halts are never held back).")
+    ] = 100.0,
+    kube_burst: Annotated[
+        int, typer.Option("--kube-burst", envvar="PHASEGATE_KUBE_BURST", min=1, help="Burst of the client-side rate limit.")
+    ] = 200,
+    max_concurrent_evaluations: Annotated[
+        int, typer.Option("--max-concurrent-evaluations", envvar="PHASEGATE_MAX_CONCURRENT_EVALUATIONS", min=1,
+                          help="Interval evaluations (metrics reads) in flight at once; the rest queue, urgent passes do not.")
+    ] = 256,
 ) -> None:
     """Run the operator against the current kubeconfig (KUBECONFIG / --kubeconfig, current context)."""
     g = ctx.find_root().obj or {}
@@ -493,6 +504,9 @@ def run(
         "PHASEGATE_RETRY_PERIOD": repr(retry_period),
         "PHASEGATE_LEASE_NAME": lease_name,
         "PHASEGATE_LEASE_DEAD_HOLDER_CHECK": "true" if dead_holder_check else "false",
+        "PHASEGATE_KUBE_QPS": repr(kube_qps),
+        "PHASEGATE_KUBE_BURST": str(kube_burst),
+        "PHASEGATE_MAX_CONCURRENT_EVALUATIONS": str(max_concurrent_evaluations),
     })
     if lease_namespace:
         os.environ["PHASEGATE_LEASE_NAMESPACE"] = lease_namespace

@@ -4,13 +4,21 @@ Why a daemon and not a kopf timer: a timer's interval is fixed when the handler 
 registered, and each strategy has its own `spec.analysis.interval`. A daemon also
 runs every reconcile of one strategy in one task, so two reconciles of the same
 strategy never overlap (kopf runs timers concurrently with change handlers).
+
+Load: interval evaluations (the ones that read metrics) take a slot of a bounded pool, so
+thousands of strategies queue instead of all scraping at once; a change written by someone
+else (a breaker condition, a halt request, a spec edit) is urgent: its pass takes no slot,
+reads no metrics, and pre-empts the strategy's own evaluation if that one is still reading.
+A halt never waits behind routine evaluations. Children come from watch caches (kopf
+indexes, controller/cache.py), not a GET per pass; our own status writes do not wake the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
+import os
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -20,21 +28,27 @@ import kopf
 from phasegate.api import StrategySpec, contract
 from phasegate.api.observations import Observation
 
-from . import telemetry
-from .kube import Conflict
+from . import cache, telemetry
+from .kube import PRIORITY, Conflict
 from .leader import NotLeading
-from .reconcile import Reconciler
+from .reconcile import Memo, Reconciler
 
 STRATEGY = dict(group=contract.GROUP, version=contract.VERSION, plural=contract.PLURAL)
 CHILD_LABELS = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
+POD_LABELS = {**CHILD_LABELS, contract.LABEL_COMPONENT: "strategy"}
 
 
 @dataclass
 class Loop:
-    """What the watch handlers share with one strategy's loop: only a wake-up. Whether the
-    children need writing is decided on every pass from what is observed, never remembered."""
+    """What the watch handlers share with one strategy's loop: a wake-up, whether the news is
+    urgent, and the loop's memory of its own writes. Whether the children need writing is
+    decided on every pass from what is observed, never remembered."""
 
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    urgent: bool = False
+    memo: Memo = field(default_factory=Memo)
+    # The evaluation in flight while it still reads (it may be pre-empted then, not later).
+    reading: Optional[asyncio.Task[Any]] = None
     # The watchdog's view (monotonic seconds): when the loop started, its interval, and when
     # its last evaluation (an interval pass) completed.
     started: float = field(default_factory=time.monotonic)
@@ -53,6 +67,8 @@ def always_leading() -> bool:
 LEADING: Callable[[], bool] = always_leading
 STANDBY_POLL = 5.0  # a standby's loops are woken when it starts leading; this is only a backstop
 WATCHDOG_INTERVALS = 3.0
+# Interval evaluations in flight at once (each mostly waits on a scrape).
+EVALUATION_SLOTS = asyncio.Semaphore(int(os.environ.get("PHASEGATE_MAX_CONCURRENT_EVALUATIONS", "256")))
 
 
 def loop_for(namespace: str, name: str) -> Loop:
@@ -90,15 +106,42 @@ def _interval(spec: Optional[StrategySpec], body: Any) -> float:
     return max(0.2, spec.evaluation_interval.total_seconds())
 
 
-def _plain(body: Any) -> dict[str, Any]:
-    return copy.deepcopy(dict(body))
+def first_tick_offset(namespace: str, name: str, interval: float) -> float:
+    """Where in its interval a strategy's evaluations fall: spread by a hash of its name, so
+    that thousands of strategies (an operator start, a failover) do not all come due at once."""
+    return (zlib.crc32(f"{namespace}/{name}".encode()) % 10_000) / 10_000 * interval
+
+
+@kopf.index("v1", "pods", labels=POD_LABELS)
+def phasegate_pods(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], cache.PodView]:
+    return {(namespace, name): cache.pod_view(body)}
+
+
+@kopf.index("apps", "v1", "statefulsets", labels=CHILD_LABELS)
+def phasegate_statefulsets(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], cache.StatefulSetView]:
+    return {(namespace, name): cache.statefulset_view(body)}
+
+
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
+def phasegate_networkpolicies(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
+    return {(namespace, name): True}
 
 
 @kopf.on.event(**STRATEGY)
-async def strategy_changed(namespace: str, name: str, type: str, **_: Any) -> None:
-    """Any write to a strategy (spec, status conditions, request annotation) wakes its loop."""
-    if type != "DELETED":
-        wake(namespace, name)
+async def strategy_changed(namespace: str, name: str, type: str, body: kopf.Body, **_: Any) -> None:
+    """A write to a strategy by anyone but us (a spec edit, a breaker condition, a request
+    annotation) wakes its loop at once, as urgent; our own write echoed back is no news."""
+    if type == "DELETED":
+        return
+    loop = LOOPS.get((namespace, name))
+    if loop is None:
+        return
+    if loop.memo.is_own((body.get("metadata") or {}).get("resourceVersion")):
+        return
+    loop.urgent = True
+    if loop.reading is not None and not loop.reading.done():
+        loop.reading.cancel()  # the evaluation still reading: the urgent pass goes first
+    loop.wake.set()
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=CHILD_LABELS)
@@ -109,69 +152,116 @@ async def child_changed(namespace: str, labels: dict[str, str], **_: Any) -> Non
         wake(namespace, owner)
 
 
+@kopf.on.event("v1", "pods", labels=POD_LABELS)
+async def pod_changed(namespace: str, labels: dict[str, str], **_: Any) -> None:
+    """The strategy pod came up, went away or changed readiness: a halt waits for that."""
+    owner = labels.get(contract.LABEL_STRATEGY)
+    if owner and (namespace, owner) in LOOPS:
+        wake(namespace, owner)
+
+
 @kopf.daemon(**STRATEGY, cancellation_timeout=10.0)
-async def strategy_loop(body: kopf.Body, namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def strategy_loop(
+    body: kopf.Body, namespace: str, name: str, stopped: kopf.DaemonStopped,
+    phasegate_pods: kopf.Index, phasegate_statefulsets: kopf.Index, phasegate_networkpolicies: kopf.Index,
+    **_: Any,
+) -> None:
     assert RECONCILER is not None, "phasegate.controller.main sets the reconciler at start-up"
+    reconciler = RECONCILER
     aio = asyncio.get_running_loop()
     me = loop_for(namespace, name)
-    next_tick = aio.time()
     me.interval = _interval(None, body)
+    next_tick = aio.time() + first_tick_offset(namespace, name, me.interval)
     log = telemetry.log_for(namespace, name)
     log.info("watching strategy")
+    me.wake.set()  # the first pass at once (no metrics read); evaluations then fall at the offset
+
+    async def evaluation(due: float) -> tuple[Optional[StrategySpec], bool, bool]:
+        async with EVALUATION_SLOTS:
+            telemetry.EVALUATION_LAG.observe(max(0.0, aio.time() - due))
+            return await one_pass(dict(body), True, False)
+
+    async def one_pass(current: dict[str, Any], tick: bool, urgent: bool) -> tuple[Optional[StrategySpec], bool, bool]:
+        """(spec, completed, failed) of one pass, with its 409 retries."""
+        spec: Optional[StrategySpec] = None
+        carry: Optional[Observation] = None
+        PRIORITY.set(urgent)
+
+        def observing(still: bool) -> None:
+            if not still:
+                me.reading = None
+
+        for attempt in range(5):
+            try:
+                spec, _ = await reconciler.reconcile(
+                    current, memo=me.memo, trigger="event" if not tick else "interval", read_metrics=tick,
+                    pod=cache.first(phasegate_pods.get((namespace, f"{name}-0"))),
+                    sts=cache.first(phasegate_statefulsets.get((namespace, name))),
+                    network_policy=cache.first(phasegate_networkpolicies.get((namespace, name))) is not None,
+                    carry=carry, observing=observing,
+                )
+                return spec, True, False
+            except Conflict as exc:
+                # Someone wrote status after our read (a breaker condition, a request):
+                # decide again on what is there now, with the metrics already read, so a
+                # breach seen in this pass is never dropped.
+                telemetry.STATUS_CONFLICTS.inc()
+                carry = getattr(exc, "observation", None)
+                fresh = await reconciler.kube.get_strategy(namespace, name)
+                if fresh is None:
+                    return spec, False, False
+                current = fresh
+            except NotLeading as exc:  # leadership lapsed mid-pass: the write was refused
+                log.warning("pass abandoned: not leading", error=str(exc))
+                return spec, False, False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the loop alive; the next pass compares and repairs
+                telemetry.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+                log.exception("reconcile failed", error=str(exc))
+                await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+                return spec, False, True
+        return spec, False, False
+
     try:
         while not stopped:
             timeout = max(0.0, next_tick - aio.time()) if LEADING() else STANDBY_POLL
-            try:
-                await asyncio.wait_for(me.wake.wait(), timeout=timeout)
-            except TimeoutError:
-                pass
+            if not me.wake.is_set() and timeout > 0:
+                try:
+                    await asyncio.wait_for(me.wake.wait(), timeout=timeout)
+                except TimeoutError:
+                    pass
             me.wake.clear()
             if stopped:
                 break
             if not LEADING():  # a standby (or a leader past its renew deadline) never reconciles
                 next_tick = min(next_tick, aio.time())  # kept due: the first pass as leader evaluates
                 continue
-            tick = aio.time() >= next_tick
-            current: Optional[dict[str, Any]] = _plain(body)
-            spec: Optional[StrategySpec] = None
-            carry: Optional[Observation] = None
-            failed = completed = False
-            for attempt in range(5):
-                try:
-                    spec, _ = await RECONCILER.reconcile(
-                        current, trigger="interval" if tick else "event", read_metrics=tick, carry=carry,
-                    )
-                    completed = True
-                    break
-                except Conflict as exc:
-                    # Someone wrote status after our read (a breaker condition, a request):
-                    # decide again on what is there now, with the metrics already read, so a
-                    # breach seen in this pass is never dropped.
-                    telemetry.STATUS_CONFLICTS.inc()
-                    carry = getattr(exc, "observation", None)
-                    current = await RECONCILER.kube.get_strategy(namespace, name)
-                    if current is None:
-                        return
-                except asyncio.CancelledError:
+            urgent, me.urgent = me.urgent, False
+            tick = not urgent and aio.time() >= next_tick
+            # An evaluation may wait for a slot and then for a scrape: an urgent change
+            # cancels it until it has read (see strategy_changed). Any other pass runs now.
+            task = asyncio.ensure_future(evaluation(next_tick) if tick else one_pass(dict(body), False, urgent))
+            me.reading = task if tick else None
+            try:
+                spec, completed, failed = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    task.cancel()  # the loop itself is being stopped
                     raise
-                except NotLeading as exc:  # leadership lapsed mid-pass: the write was refused
-                    log.warning("pass abandoned: not leading", error=str(exc))
-                    next_tick = min(next_tick, aio.time())
-                    tick = False
-                    break
-                except Exception as exc:  # keep the loop alive; the next pass compares and repairs
-                    telemetry.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-                    log.exception("reconcile failed", error=str(exc))
-                    await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
-                    failed = True
-                    break
+                # Pre-empted by an urgent change: the urgent pass runs now, the evaluation
+                # right after it (it stays due).
+                me.wake.set()
+                continue
+            finally:
+                me.reading = None
             if tick:
                 me.interval = _interval(spec, body)
-                next_tick = aio.time() + me.interval
+                next_tick = max(next_tick + me.interval, aio.time()) if completed else aio.time() + 1.0
                 if completed:
                     me.last_evaluation = time.monotonic()
                     telemetry.LAST_EVALUATION.labels(namespace, name).set(time.time())
-            if failed:
+            elif failed:
                 next_tick = min(next_tick, aio.time() + 1.0)  # a failed write is repaired soon, not next interval
     finally:
         LOOPS.pop((namespace, name), None)

@@ -5,8 +5,11 @@ Deliberately absent: any call that reads a Secret (safety rule 7).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Optional
 
@@ -18,6 +21,34 @@ from phasegate.api import contract
 MERGE = "application/merge-patch+json"
 APPLY = "application/apply-patch+yaml"
 FIELD_MANAGER = "phasegate"
+
+
+# Set for a pass that carries a halt or any other urgent change: its API calls are never
+# queued behind routine ones by the client-side rate limit.
+PRIORITY: ContextVar[bool] = ContextVar("phasegate_priority", default=False)
+
+
+class RateLimiter:
+    """Client-side token bucket (QPS, burst), as client-go's: a fleet of strategies must not
+    flood the apiserver. Calls made with PRIORITY set pass at once."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self.qps, self.burst = max(qps, 0.001), max(1, burst)
+        self.tokens = float(self.burst)
+        self.stamp = time.monotonic()
+
+    async def acquire(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.qps)
+            self.stamp = now
+            if PRIORITY.get():
+                self.tokens -= 1  # counted, never waited for
+                return
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.qps)
 
 
 class Conflict(Exception):
@@ -37,8 +68,10 @@ def _unfenced(op: str, target: str) -> None:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, fence: Callable[[str, str], None] = _unfenced) -> None:
+    def __init__(self, api: client.ApiClient, fence: Callable[[str, str], None] = _unfenced,
+                 limiter: Optional[RateLimiter] = None) -> None:
         self.api = api
+        self.limiter = limiter or RateLimiter(qps=100.0, burst=200)
         # Called before every write with (operation, object); raises when this process may not
         # write now (leader election: controller/leader.py). Reads are never fenced.
         self.fence = fence
@@ -51,6 +84,7 @@ class Kube:
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> dict[str, Any]:
         """Replace what we own of status, only if nobody wrote since `resource_version`."""
+        await self.limiter.acquire()
         self.fence("patch_status", f"{namespace}/{name}")
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
         try:
@@ -63,6 +97,7 @@ class Kube:
             raise
 
     async def get_strategy(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        await self.limiter.acquire()
         try:
             return await self.custom.get_namespaced_custom_object(
                 contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name
@@ -74,6 +109,7 @@ class Kube:
 
     async def apply(self, obj: dict[str, Any]) -> None:
         """Server-side apply: idempotent, and it leaves fields others own alone."""
+        await self.limiter.acquire()
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         self.fence("apply", f"{kind} {ns}/{name}")
         body = json.loads(json.dumps(obj))
@@ -91,6 +127,7 @@ class Kube:
 
     async def scale_statefulset(self, namespace: str, name: str, replicas: int) -> bool:
         """The halt path: the smallest write that stops the pod. False when there is no StatefulSet."""
+        await self.limiter.acquire()
         self.fence("scale", f"StatefulSet {namespace}/{name}")
         try:
             await self.apps.patch_namespaced_stateful_set(name, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE)
@@ -100,24 +137,8 @@ class Kube:
                 return False
             raise
 
-    async def get_statefulset(self, namespace: str, name: str) -> Optional[Any]:
-        try:
-            return await self.apps.read_namespaced_stateful_set(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    async def network_policy_exists(self, namespace: str, name: str) -> bool:
-        try:
-            await self.networking.read_namespaced_network_policy(name, namespace)
-            return True
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-
     async def delete_network_policy(self, namespace: str, name: str) -> None:
+        await self.limiter.acquire()
         self.fence("delete", f"NetworkPolicy {namespace}/{name}")
         try:
             await self.networking.delete_namespaced_network_policy(name, namespace)
@@ -127,6 +148,7 @@ class Kube:
 
     async def dry_run_pod(self, namespace: str, pod: dict[str, Any]) -> Optional[str]:
         """None when the apiserver would admit this pod; else its refusal, as it said it."""
+        await self.limiter.acquire()
         try:
             await self.core.create_namespaced_pod(namespace, pod, dry_run="All")
             return None
@@ -138,15 +160,8 @@ class Kube:
                     return str(exc.reason)
             raise
 
-    async def get_pod(self, namespace: str, name: str) -> Optional[Any]:
-        try:
-            return await self.core.read_namespaced_pod(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
     async def get_job(self, namespace: str, name: str) -> Optional[Any]:
+        await self.limiter.acquire()
         try:
             return await self.batch.read_namespaced_job(name, namespace)
         except ApiException as exc:
@@ -155,6 +170,7 @@ class Kube:
             raise
 
     async def create_job(self, job: dict[str, Any]) -> None:
+        await self.limiter.acquire()
         self.fence("create_job", f"{job['metadata']['namespace']}/{job['metadata']['name']}")
         try:
             await self.batch.create_namespaced_job(job["metadata"]["namespace"], job)
@@ -163,6 +179,7 @@ class Kube:
                 raise
 
     async def job_pods(self, namespace: str, job_name: str) -> list[Any]:
+        await self.limiter.acquire()
         pods = await self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
         return list(pods.items)
 
@@ -180,6 +197,7 @@ class Kube:
         at: datetime,
     ) -> None:
         """An Event with a fixed name: creating it twice is a no-op, so replays stay exactly-once."""
+        await self.limiter.acquire()
         self.fence("create_event", f"{namespace}/{event_name}")
         body = {
             "apiVersion": "events.k8s.io/v1",

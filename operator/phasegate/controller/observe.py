@@ -7,7 +7,6 @@ import json
 import uuid
 from dataclasses import replace
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
 
 from phasegate.api import Mode, StrategySpec, StrategyStatus, contract
@@ -17,7 +16,6 @@ from phasegate.api.observations import (
     EmergencyObservation,
     MetricsUnavailable,
     Observation,
-    PodRead,
 )
 from phasegate.api.requests import BadRequest, Request
 from phasegate.api.status import STOPPING_HOLDS
@@ -25,8 +23,9 @@ from phasegate.manifests import Owner, backtest_job_name, flatten_job_name, stat
 from phasegate.metrics.source import MetricsSource, ScrapeTarget
 from phasegate.policy.desired import desired_key, pod_runs
 from phasegate.policy.emergency import flatten_wanted
-from phasegate.policy.timing import startup_grace
+from phasegate.policy.timing import roll_grace, startup_grace
 
+from .cache import PodView, StatefulSetView
 from .kube import Kube
 
 
@@ -75,32 +74,25 @@ async def _termination_message(kube: Kube, namespace: str, job_name: str) -> str
     return ""
 
 
-def pod_read(pod: Any) -> PodRead:
-    notes = (pod.metadata.annotations or {}) if pod is not None else {}
-    try:
-        capital: Optional[Decimal] = Decimal(notes[contract.ANNOTATION_CAPITAL])
-    except (KeyError, InvalidOperation, TypeError):
-        capital = None
-    return PodRead(phase=notes.get(contract.ANNOTATION_PHASE), mode=notes.get(contract.ANNOTATION_MODE), capital=capital)
+def starting(spec: StrategySpec, status: StrategyStatus, now: datetime, sts: Optional[StatefulSetView]) -> bool:
+    """Whether the phase's pod may still be coming up: within the start-up grace, or while the
+    StatefulSet controller is still rolling the pods to the phase's revision (a slow roll on a
+    busy cluster is a start-up, not a metrics outage), up to the roll grace."""
+    elapsed = now - (status.phase_started_at or now)
+    if elapsed < startup_grace(spec):
+        return True
+    return sts is not None and sts.rolling and elapsed < roll_grace(spec)
 
 
 async def read_metrics(
-    kube: Kube, source: MetricsSource, owner: Owner, spec: StrategySpec, status: StrategyStatus, now: datetime,
-    pod: Any,
+    source: MetricsSource, owner: Owner, spec: StrategySpec, status: StrategyStatus, now: datetime,
+    pod: Optional[PodView], sts: Optional[StatefulSetView],
 ) -> dict[str, Any]:
     pod_name = f"{owner.name}-0"
     read_id = uuid.uuid4().hex
-    ready = bool(
-        pod is not None
-        and pod.status is not None
-        and pod.status.pod_ip
-        and pod.metadata.deletion_timestamp is None
-        and any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-    )
-    if not ready:
-        started = status.phase_started_at or now
+    if pod is None or not pod.readable:
         seen = status.metrics.phase_pod_read_at
-        if now - started < startup_grace(spec) and (seen is None or seen < started):
+        if starting(spec, status, now, sts) and (seen is None or seen < (status.phase_started_at or now)):
             # A roll stops the old pod before it starts the new one: a start-up, not a failure (and not a pass).
             return {"starting": True}
         return {"metrics_error": f"strategy pod {pod_name} is not running and ready", "read_id": read_id}
@@ -108,7 +100,7 @@ async def read_metrics(
         namespace=owner.namespace,
         strategy=owner.name,
         pod=pod_name,
-        pod_ip=pod.status.pod_ip,
+        pod_ip=pod.ip or "",
         port=spec.template.metrics_port,
         path="/metrics",
         timeout_seconds=spec_timeout(spec),
@@ -118,17 +110,15 @@ async def read_metrics(
         snap = await source.read(target)
     except MetricsUnavailable as exc:
         return {"metrics_error": str(exc), "read_id": read_id}
-    started = status.phase_started_at or now
-    return {"metrics": snap, "pod": pod_read(pod), "read_id": read_id, "starting": now - started < startup_grace(spec)}
+    return {"metrics": snap, "pod": pod.read(), "read_id": read_id, "starting": starting(spec, status, now, sts)}
 
 
-async def read_children(kube: Kube, owner: Owner, pod: Any, spec: StrategySpec, status: StrategyStatus) -> ChildrenObservation:
-    sts = await kube.get_statefulset(owner.namespace, owner.name)
-    notes = (sts.metadata.annotations or {}) if sts is not None else {}
+async def read_children(kube: Kube, owner: Owner, pod: Optional[PodView], sts: Optional[StatefulSetView],
+                        spec: StrategySpec, status: StrategyStatus) -> ChildrenObservation:
     seen = ChildrenObservation(
         statefulset=sts is not None,
-        replicas=sts.spec.replicas if sts is not None and sts.spec is not None else None,
-        desired_key=notes.get(contract.ANNOTATION_DESIRED_KEY, ""),
+        replicas=sts.replicas if sts is not None else None,
+        desired_key=sts.desired_key if sts is not None else "",
         pod=pod is not None,
     )
     if not pod_pending(spec, status, seen):
@@ -166,7 +156,7 @@ async def pod_refusal(kube: Kube, owner: Owner, spec: StrategySpec, status: Stra
     return refusal
 
 
-async def read_emergency(kube: Kube, owner: Owner, status: StrategyStatus, pod: Any) -> EmergencyObservation:
+async def read_emergency(kube: Kube, owner: Owner, status: StrategyStatus, pod: Optional[PodView]) -> EmergencyObservation:
     flatten, message = None, ""
     if flatten_wanted(status.emergency):
         job = await kube.get_job(owner.namespace, flatten_job_name(owner, status.emergency.id))
@@ -198,13 +188,16 @@ async def observe(
     now: datetime,
     *,
     read_metrics_now: bool,
+    pod: Optional[PodView],
+    sts: Optional[StatefulSetView],
     carry: Optional[Observation] = None,
 ) -> Observation:
-    """Everything the decision needs. `carry` is an earlier observation of this pass (a 409
-    retry): its metrics read is reused, so a breach seen is decided on, never dropped."""
+    """Everything the decision needs. The pod and StatefulSet come from the watch caches
+    (controller/cache.py). `carry` is an earlier observation of this pass (a 409 retry): its
+    metrics read is reused, so a breach seen is decided on, never dropped."""
     found: dict[str, Any] = read_request(annotations)
-    pod = await kube.get_pod(owner.namespace, f"{owner.name}-0")
-    found["children"] = await read_children(kube, owner, pod, spec, status)
+    found["evaluated"] = read_metrics_now
+    found["children"] = await read_children(kube, owner, pod, sts, spec, status)
     if status.emergency is not None and not status.emergency.finished:
         found["emergency"] = await read_emergency(kube, owner, status, pod)
     phase = spec.phase_named(status.phase)
@@ -215,5 +208,5 @@ async def observe(
         for key in ("metrics", "metrics_error", "read_id", "pod", "starting"):
             found[key] = getattr(carry, key)
     elif phase is not None and phase.mode is not Mode.BACKTEST and read_metrics_now and source is not None and not stopped:
-        found.update(await read_metrics(kube, source, owner, spec, status, now, pod))
+        found.update(await read_metrics(source, owner, spec, status, now, pod, sts))
     return Observation(**found)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Optional
 
@@ -18,23 +20,95 @@ from pydantic import ValidationError
 
 from phasegate.api import ConditionType, HistoryEntry, StrategySpec, StrategyStatus
 from phasegate.api.observations import Observation
-from phasegate.api.status import STOPPING_HOLDS, Cause
+from phasegate.api.status import STOPPING_HOLDS, Cause, Transition
 from phasegate.manifests import Owner, backtest_job, flatten_job, network_policy, service, statefulset
 from phasegate.metrics.source import MetricsSource
 from phasegate.policy.conditions import set_condition
 from phasegate.policy.desired import needs_apply
+from phasegate.policy.persistence import persist_due
 from phasegate.policy.rollout import Decision, decide
 
 from . import telemetry
-from .kube import Conflict, Kube
+from .cache import PodView, StatefulSetView
+from .kube import PRIORITY, Conflict, Kube
 from .observe import observe, pod_refusal
 
+URGENT_TRANSITIONS = {Transition.HALT, Transition.EMERGENCY, Transition.PAUSE, Transition.REDUCE}
 STATUS_KEYS = set(StrategyStatus.model_json_schema(by_alias=True)["properties"])
+
+
+def ours(raw: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """Our part of a status as JSON; fields written by others (kopf, a person) are left out."""
+    return {k: v for k, v in (raw or {}).items() if k in STATUS_KEYS}
 
 
 def parse_status(raw: Optional[dict[str, Any]]) -> StrategyStatus:
     """Our part of status; fields written by others (kopf, a person) are ignored, not fatal."""
-    return StrategyStatus.model_validate({k: v for k, v in (raw or {}).items() if k in STATUS_KEYS})
+    return StrategyStatus.model_validate(ours(raw))
+
+
+@dataclass
+class Memo:
+    """What one strategy's loop keeps between passes, so that a pass neither parses nor
+    writes what has not changed.
+
+    `status` is the latest decided status; it can be ahead of what is written by volatile
+    fields only (policy/persistence.py says which may wait). `persisted*` is what the
+    apiserver holds, as of `persisted_rv`. `own` holds the resourceVersions our own writes
+    replaced or produced: a body at one of those is our own write echoed back (or kopf's
+    copy lagging behind it), never news, so it neither wakes the loop nor replaces the memo.
+    """
+
+    status: Optional[StrategyStatus] = None
+    persisted: Optional[StrategyStatus] = None
+    persisted_wire: dict[str, Any] = field(default_factory=dict)
+    persisted_rv: str = ""
+    persisted_at: Optional[datetime] = None
+    own: deque[str] = field(default_factory=lambda: deque(maxlen=16))
+    spec_key: Any = None
+    spec: Optional[StrategySpec] = None
+    spec_error: Optional[str] = None
+
+    def is_own(self, rv: Optional[str]) -> bool:
+        return bool(rv) and (rv == self.persisted_rv or rv in self.own)
+
+    def load(self, body: dict[str, Any], now: datetime) -> tuple[StrategyStatus, str]:
+        """(the status to decide from, the resourceVersion a write must be based on)."""
+        rv = body["metadata"]["resourceVersion"]
+        if self.status is not None and self.is_own(rv):
+            return self.status, self.persisted_rv
+        wire = ours(body.get("status"))
+        if self.status is not None and self.persisted is not None and wire == self.persisted_wire:
+            status, persisted = self.status, self.persisted  # only the spec or metadata moved
+        elif self.status is not None:
+            # Someone else wrote status (a breaker condition, another replica that led for a
+            # while): their fields win, ours that were not written yet stay for the rest.
+            mine = self.status.wire()
+            merged = {}
+            for key in wire.keys() | mine.keys() | self.persisted_wire.keys():
+                value = wire.get(key) if wire.get(key) != self.persisted_wire.get(key) else mine.get(key)
+                if value is not None:
+                    merged[key] = value
+            status, persisted = StrategyStatus.model_validate(merged), StrategyStatus.model_validate(wire)
+        else:
+            status = persisted = StrategyStatus.model_validate(wire)
+        self.persisted, self.persisted_wire, self.persisted_rv = persisted, wire, rv
+        self.persisted_at = self.persisted_at or now
+        self.status = status
+        return status, rv
+
+    def wrote(self, status: StrategyStatus, wire: dict[str, Any], base_rv: str, rv: str, now: datetime) -> None:
+        self.own.append(base_rv)
+        self.own.append(rv)
+        self.status, self.persisted, self.persisted_wire, self.persisted_rv, self.persisted_at = status, status, wire, rv, now
+
+    def spec_for(self, body: dict[str, Any], status: StrategyStatus) -> tuple[Optional[StrategySpec], Optional[str]]:
+        """spec_to_guard_with, parsed again only when the spec or what it depends on changed."""
+        key = (body["metadata"].get("generation"), status.phase, status.spec_generation)
+        if key != self.spec_key or self.spec is None:
+            self.spec, self.spec_error = spec_to_guard_with(body, status)
+            self.spec_key = key
+        return self.spec, self.spec_error
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -94,21 +168,29 @@ class Reconciler:
         self,
         body: dict[str, Any],
         *,
+        memo: Memo,
         trigger: str,
         read_metrics: bool,
+        pod: Optional[PodView],
+        sts: Optional[StatefulSetView],
+        network_policy: bool = False,
         carry: Optional[Observation] = None,
+        observing: Optional[Callable[[bool], None]] = None,
     ) -> tuple[Optional[StrategySpec], Optional[Observation]]:
-        """One pass: observe, decide, write status, post Events, make the children match.
+        """One pass: observe, decide, write status (when due), post Events, make the children match.
 
         Returns the spec it decided with (for the loop's interval) and what it observed
         (a 409 retry decides again on the fresh object with the same metrics read).
+        `observing(False)` is called once the reads are done: from then on the pass writes,
+        and an urgent pass waits for it instead of cancelling it.
         """
         started = time.perf_counter()
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         log = telemetry.log_for(ns, name)
-        status = parse_status(body.get("status"))
-        spec, spec_error = spec_to_guard_with(body, status)
+        now = self.clock()
+        status, base_rv = memo.load(body, now)
+        spec, spec_error = memo.spec_for(body, status)
         if spec_error is not None:
             log.warning("spec cannot be read: guarding with the last readable spec", error=spec_error,
                         guarding=spec is not None)
@@ -116,7 +198,6 @@ class Reconciler:
             await self._report_unreadable(ns, name, meta, status, spec_error or "unreadable")
             return None, None
         owner = Owner(name=name, namespace=ns, uid=uid)
-        now = self.clock()
         obs = await observe(
             self.kube,
             self.source_for(spec) if read_metrics else None,
@@ -126,26 +207,34 @@ class Reconciler:
             meta.get("annotations") or {},
             now,
             read_metrics_now=read_metrics,
+            pod=pod,
+            sts=sts,
             carry=carry,
         )
+        if observing is not None:
+            observing(False)
         if obs.metrics_error and carry is None:
             telemetry.METRICS_READ_ERRORS.labels(ns, name).inc()
         decision = decide(spec, status, obs, now, meta.get("generation"), spec_error=spec_error)
         new = decision.status
-        old_wire, new_wire = status.wire(), new.wire()
-        rv = meta["resourceVersion"]
-        if old_wire != new_wire:
-            try:
-                written = await self.kube.patch_status(ns, name, merge_patch(old_wire, new_wire), rv)
-            except Conflict as exc:
-                exc.observation = obs  # type: ignore[attr-defined]
-                raise
-            rv = (written.get("metadata") or {}).get("resourceVersion", rv)
+        if any(e.action in URGENT_TRANSITIONS for e in decision.history):
+            PRIORITY.set(True)  # a halt found by this evaluation is written and acted on unthrottled
+        if persist_due(memo.persisted, new, now, memo.persisted_at):
+            new_wire = new.wire()
+            if new_wire != memo.persisted_wire:
+                try:
+                    written = await self.kube.patch_status(ns, name, merge_patch(memo.persisted_wire, new_wire), base_rv)
+                except Conflict as exc:
+                    exc.observation = obs  # type: ignore[attr-defined]
+                    raise
+                telemetry.STATUS_WRITES.inc()
+                memo.wrote(new, new_wire, base_rv, (written.get("metadata") or {}).get("resourceVersion", base_rv), now)
+        memo.status = new
         for entry in decision.history:
             self._log_transition(log, entry, ns, name, new)
         self._export(ns, name, new, spec)
-        await self._post_events(owner, new, rv)
-        await self._actuate(owner, spec, new, decision, obs,
+        await self._post_events(owner, memo, now)
+        await self._actuate(owner, spec, new, decision, obs, network_policy=network_policy,
                             spec_changed=status.observed_generation != meta.get("generation"))
         telemetry.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
         return spec, obs
@@ -157,30 +246,39 @@ class Reconciler:
         if conds != status.conditions:
             await self.kube.patch_status(ns, name, {"conditions": [c.wire() for c in conds]}, meta["resourceVersion"])
 
-    async def _post_events(self, owner: Owner, status: StrategyStatus, rv: str) -> None:
-        """Events for every history entry past the watermark kept in status: a kill between
-        the status write and the Event loses none, and none is posted twice."""
-        pending = [e for e in status.history if e.seq > status.events_posted_seq]
+    async def _post_events(self, owner: Owner, memo: Memo, now: datetime) -> None:
+        """Events for every written history entry past the watermark kept in status: a kill
+        between the status write and the Event loses none, and none is posted twice."""
+        written = memo.persisted
+        if written is None:
+            return
+        pending = [e for e in written.history if e.seq > written.events_posted_seq]
         if not pending:
             return
         await asyncio.gather(*(self._event(owner, e) for e in pending))
+        seq, base_rv = pending[-1].seq, memo.persisted_rv
         try:
-            await self.kube.patch_status(owner.namespace, owner.name, {"eventsPostedSeq": pending[-1].seq}, rv)
+            done = await self.kube.patch_status(owner.namespace, owner.name, {"eventsPostedSeq": seq}, base_rv)
         except Conflict:
-            pass  # someone wrote since: the next pass posts again (Event names make that a no-op)
+            return  # someone wrote since: the next pass posts again (Event names make that a no-op)
+        status = (memo.status or written).model_copy(update={"events_posted_seq": seq})
+        persisted = written.model_copy(update={"events_posted_seq": seq})
+        memo.wrote(persisted, {**memo.persisted_wire, "eventsPostedSeq": seq}, base_rv,
+                   (done.get("metadata") or {}).get("resourceVersion", base_rv), now)
+        memo.status = status
 
-    async def _network_policy(self, owner: Owner, spec: StrategySpec, *, spec_changed: bool) -> None:
-        """spec.networkPolicy, compared with what exists on every pass."""
+    async def _network_policy(self, owner: Owner, spec: StrategySpec, *, exists: bool, spec_changed: bool) -> None:
+        """spec.networkPolicy, compared with what exists (the watch cache) on every pass."""
         wanted = network_policy(spec, owner)
         if wanted is not None:
-            if spec_changed or not await self.kube.network_policy_exists(owner.namespace, owner.name):
+            if spec_changed or not exists:
                 await self.kube.apply(wanted)
         elif spec_changed:
             await self.kube.delete_network_policy(owner.namespace, owner.name)  # turned off: gone (404 is fine)
 
     async def _actuate(
         self, owner: Owner, spec: StrategySpec, status: StrategyStatus, decision: Decision, obs: Observation,
-        *, spec_changed: bool,
+        *, network_policy: bool, spec_changed: bool,
     ) -> None:
         """Make the children what the decision says, whenever they are not (level-triggered)."""
         desired = decision.desired
@@ -207,7 +305,7 @@ class Reconciler:
             if spec.phase_named(status.phase) is not None:
                 await self.kube.apply(service(owner, spec))
                 await self.kube.apply(statefulset(spec, status, owner))
-        await self._network_policy(owner, spec, spec_changed=spec_changed)
+        await self._network_policy(owner, spec, exists=network_policy, spec_changed=spec_changed)
         if desired.backtest_job and obs.backtest is None:
             work.append(self.kube.create_job(backtest_job(spec, status, owner)))
         if desired.flatten_job and (obs.emergency is None or obs.emergency.flatten is None):
@@ -258,4 +356,4 @@ def _event_reason(entry: HistoryEntry) -> str:
     return entry.action.value.title().replace("-", "") + cause
 
 
-__all__ = ["Conflict", "Reconciler", "merge_patch", "parse_status"]
+__all__ = ["Conflict", "Memo", "Reconciler", "merge_patch", "ours", "parse_status"]

@@ -62,6 +62,16 @@ LAST_EVALUATION = Gauge(
     ["namespace", "strategy"], registry=REGISTRY,
 )
 
+STATUS_WRITES = Counter(
+    "phasegate_status_writes_total",
+    "Status writes of the strategies (volatile fields are written at most every 60 s; decisions at once).",
+    registry=REGISTRY,
+)
+EVALUATION_LAG = Histogram(
+    "phasegate_evaluation_lag_seconds", "How late an evaluation started after it was due, seconds.",
+    registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
 
 def configure_logging(verbose: bool = False) -> None:
     """JSON lines on stdout for our logs and kopf's alike."""

@@ -57,14 +57,16 @@ def active(holds: Iterable[Hold], kind: HoldKind, source: str) -> Optional[Hold]
 
 def resumable(status: StrategyStatus) -> list[Hold]:
     """The holds `resume` lifts now: manual pauses, risk pauses whose limit is back within
-    bounds, metrics pauses once every limit was checked at the last read."""
+    bounds, metrics pauses once every limit was checked at the last read,
+    on time."""
     out = []
     for h in status.holds:
         if h.kind is HoldKind.MANUAL_PAUSE:
             out.append(h)
         elif h.kind is HoldKind.RISK_PAUSE and h.source not in status.risk.breaching:
             out.append(h)
-        elif h.kind is HoldKind.METRICS_PAUSE and not status.risk.limit_failures and status.metrics.consecutive_errors == 0:
+        elif (h.kind is HoldKind.METRICS_PAUSE and not status.risk.limit_failures
+              and status.metrics.consecutive_errors == 0 and status.metrics.late_streak == 0):
             out.append(h)
     return out
 

@@ -290,7 +290,9 @@ def decide(
         if spec_error is None:
             _retry_failed_on_new_generation(d, status)
         _obey_ceiling(d)
+        errors_before = d.metrics.consecutive_errors
         fresh = _observe_metrics(d, obs)
+        _check_evaluation_lag(d, obs, counted=d.metrics.consecutive_errors > errors_before)
         _act_on_metrics_failures(d)
         _observe_backtest(d, obs.backtest)
         if spec_error is None:
@@ -466,17 +468,42 @@ def _observe_metrics(d: Draft, obs: Observation) -> bool:
     return False
 
 
+def _check_evaluation_lag(d: Draft, obs: Observation, *, counted: bool) -> None:
+    """An evaluation later than 2 intervals after the previous one counts like a failed read
+    for metricsFailure (unless this pass's read failed already, which counts by itself): an
+    operator that falls behind pauses, then halts, instead of silently guarding less often
+    than the spec says. The streak survives a successful read (the read was late all the
+    same) and ends at the first evaluation on time. The read made is graded as usual: a
+    breach seen late is acted on all the same."""
+    if not obs.evaluated:
+        return
+    previous = d.metrics.last_evaluated_at
+    update: dict[str, object] = {"last_evaluated_at": d.now}
+    phase = d.current
+    if previous is not None and phase is not None and phase.mode is not Mode.BACKTEST and not d.stopped:
+        gap, allowed = d.now - previous, 2 * d.spec.evaluation_interval
+        if gap <= allowed:
+            update["late_streak"] = 0
+        elif not counted:
+            update["late_streak"] = d.metrics.late_streak + 1
+            update["last_error"] = (f"evaluated {gap.total_seconds():.0f}s after the previous evaluation "
+                                    f"(at most {allowed.total_seconds():.0f}s, 2 intervals): the operator is behind")
+    d.metrics = d.metrics.model_copy(update=update)
+
+
 def _past_grace(d: Draft) -> bool:
     return d.phase_started_at is None or d.now - d.phase_started_at >= startup_grace(d.spec)
 
 
 def _act_on_metrics_failures(d: Draft) -> None:
     """metricsFailure: a limit not checked for pauseAfter reads pauses; for haltAfter, halts."""
-    if not d.risk.limit_failures:
+    if not d.risk.limit_failures and not d.metrics.late_streak:
         return
     pol = d.spec.analysis.metrics_failure
-    worst_name, worst = max(d.risk.limit_failures.items(), key=lambda kv: (kv[1], kv[0]))
+    worst_name, worst = max(d.risk.limit_failures.items(), key=lambda kv: (kv[1], kv[0]), default=("", 0))
     why = next((u for u in d.risk.unchecked if u.startswith(worst_name + ":")), worst_name)
+    if d.metrics.late_streak > worst:
+        worst, why = d.metrics.late_streak, f"every limit on time ({d.metrics.last_error})"
     if worst >= pol.halt_after and not H.active(d.holds, HoldKind.HALT, "metricsUnavailable") and not d.stopped:
         d.hold(HoldKind.HALT, Transition.HALT,
                f"metricsUnavailable: {worst} consecutive failed metrics reads could not check {why} "

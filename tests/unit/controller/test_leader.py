@@ -373,7 +373,7 @@ def test_the_loop_skips_while_not_leading_and_evaluates_at_once_on_becoming_lead
     class FakeReconciler:
         kube = None
 
-        async def reconcile(self, current, *, trigger, read_metrics, carry):
+        async def reconcile(self, current, *, read_metrics, **_):
             passes.append(read_metrics)
             return None, None
 
@@ -383,7 +383,9 @@ def test_the_loop_skips_while_not_leading_and_evaluates_at_once_on_becoming_lead
     monkeypatch.setattr(handlers, "_interval", lambda spec, body: 30.0)
 
     async def scenario() -> None:
-        task = asyncio.create_task(handlers.strategy_loop(body=body, namespace="ns", name="s", stopped=stopped))
+        task = asyncio.create_task(handlers.strategy_loop(
+            body=body, namespace="ns", name="s", stopped=stopped,
+            phasegate_pods={}, phasegate_statefulsets={}, phasegate_networkpolicies={}))
         await asyncio.sleep(0.3)
         assert passes == []  # a standby never reconciles
         leading["now"] = True

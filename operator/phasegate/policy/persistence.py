@@ -1,0 +1,92 @@
+"""Which status changes are written at once, and which may wait.
+
+Every pass decides a new status, but most passes change only bookkeeping that moves on every
+read (when the last read happened, its id, the risk series' latest point, counter
+baselines, condition messages with the latest figures). Writing those on every tick is one
+API write per strategy per interval, a watch event to every watcher and a conflict with any
+other writer. So the operator keeps the decided status in memory and writes it
+
+- at once, when anything a person or a restart needs changes: phase, holds, history,
+  conditions' status or reason, failure counts, limits unchecked or breaching, gates passing
+  or failing, the trading day, a high-water mark risen by more than HWM_TOLERANCE;
+- otherwise at most every PERSIST_EVERY.
+
+What a restart (or a failover) can lose is then the volatile part of the last PERSIST_EVERY,
+and all of it errs on the safe side or is recomputed:
+
+- the risk series keeps its last persisted point (value, capital, index): the first read
+  after a restart computes one return across the whole gap, so the index is exact;
+- the high-water mark can come back lower than it was by at most HWM_TOLERANCE (the
+  intermediate peaks of the last PERSIST_EVERY), never higher;
+- counter baselines come back older: the first delta spans the gap, so no increase is lost;
+- the last evaluation time comes back older: the first evaluation after a restart may count
+  as late once (see rollout._check_evaluation_lag), which errs on the side of pausing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Optional
+
+from phasegate.api.status import StrategyStatus
+
+PERSIST_EVERY = timedelta(seconds=60)
+HWM_TOLERANCE = Decimal("0.001")  # a relative rise of the high-water mark written at once
+
+
+def _stable(status: StrategyStatus) -> StrategyStatus:
+    """The status with the fields that move on every read blanked out."""
+    risk = status.risk
+    book = risk.book
+    if book is not None:
+        book = book.model_copy(update={"index": Decimal(1), "high_water_mark": Decimal(1),
+                                       "last_value": None, "last_capital": None})
+    risk = risk.model_copy(update={
+        "book": book, "last_sample_at": None, "counters": {}, "rate_since": None, "rate_counters": {},
+        "window_totals": {}, "window_counters": {}, "window_started_at": None,
+    })
+    metrics = status.metrics
+    read_at = metrics.phase_pod_read_at
+    if read_at is not None and status.phase_started_at is not None and read_at >= status.phase_started_at:
+        read_at = status.phase_started_at  # "read in this phase" matters, not when exactly
+    metrics = metrics.model_copy(update={
+        "last_success_at": None, "last_attempt_at": None, "last_read_id": "", "last_evaluated_at": None,
+        "phase_pod_read_at": read_at,
+    })
+    return status.model_copy(update={
+        "clock": None,
+        "risk": risk,
+        "metrics": metrics,
+        "conditions": [c.model_copy(update={"message": ""}) for c in status.conditions],
+        "gates": [g.model_copy(update={"value": None, "message": ""}) for g in status.gates],
+        "breakers": {k: b.model_copy(update={"value": None}) for k, b in status.breakers.items()},
+        "message": "",
+    })
+
+
+def _hwm(status: StrategyStatus) -> Optional[Decimal]:
+    return status.risk.book.high_water_mark if status.risk.book is not None else None
+
+
+def significant(persisted: StrategyStatus, new: StrategyStatus) -> bool:
+    """Whether `new` differs from what is written in something that may not wait."""
+    if _stable(persisted) != _stable(new):
+        return True
+    old_hwm, new_hwm = _hwm(persisted), _hwm(new)
+    return old_hwm is not None and new_hwm is not None and new_hwm > old_hwm * (1 + HWM_TOLERANCE)
+
+
+def persist_due(persisted: Optional[StrategyStatus], new: StrategyStatus, now: datetime,
+                persisted_at: Optional[datetime]) -> bool:
+    """Whether to write `new` now, given what is written (`persisted`, as of `persisted_at`)."""
+    if persisted is None or persisted_at is None:
+        return True
+    if new == persisted:
+        return False
+    if significant(persisted, new):
+        return True
+    return now - persisted_at >= PERSIST_EVERY or now < persisted_at
+
+
+__all__ = ["HWM_TOLERANCE", "PERSIST_EVERY", "persist_due", "significant"]
