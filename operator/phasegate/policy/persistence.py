@@ -33,6 +33,10 @@ from phasegate.api.status import StrategyStatus
 
 PERSIST_EVERY = timedelta(seconds=60)
 HWM_TOLERANCE = Decimal("0.001")  # a relative rise of the high-water mark written at once
+# A move of the risk index this large (up or down) is written at once: not for a restart (the
+# index is recomputed exactly from the last written point) but for the person watching
+# `phasegate status` while the book moves.
+INDEX_MOVE = Decimal("0.005")
 
 
 def _stable(status: StrategyStatus) -> StrategyStatus:
@@ -74,7 +78,10 @@ def significant(persisted: StrategyStatus, new: StrategyStatus) -> bool:
     if _stable(persisted) != _stable(new):
         return True
     old_hwm, new_hwm = _hwm(persisted), _hwm(new)
-    return old_hwm is not None and new_hwm is not None and new_hwm > old_hwm * (1 + HWM_TOLERANCE)
+    if old_hwm is not None and new_hwm is not None and new_hwm > old_hwm * (1 + HWM_TOLERANCE):
+        return True
+    old_book, new_book = persisted.risk.book, new.risk.book
+    return old_book is not None and new_book is not None and abs(new_book.index - old_book.index) > old_book.index * INDEX_MOVE
 
 
 def persist_due(persisted: Optional[StrategyStatus], new: StrategyStatus, now: datetime,
@@ -89,4 +96,4 @@ def persist_due(persisted: Optional[StrategyStatus], new: StrategyStatus, now: d
     return now - persisted_at >= PERSIST_EVERY or now < persisted_at
 
 
-__all__ = ["HWM_TOLERANCE", "PERSIST_EVERY", "persist_due", "significant"]
+__all__ = ["HWM_TOLERANCE", "INDEX_MOVE", "PERSIST_EVERY", "persist_due", "significant"]

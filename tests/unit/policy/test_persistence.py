@@ -1,0 +1,136 @@
+"""What is written at once and what may wait (phasegate.policy.persistence), and what a
+restart from the written status can lose."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phasegate.api.status import (
+    Book, Condition, HistoryEntry, Hold, HoldKind, MetricsHealth, RiskState, StrategyStatus, Transition,
+)
+from phasegate.policy.persistence import HWM_TOLERANCE, INDEX_MOVE, PERSIST_EVERY, persist_due, significant
+
+D = Decimal
+T0 = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)
+
+
+def base() -> StrategyStatus:
+    return StrategyStatus(
+        phase="live-10", phase_index=2, capital_fraction=D("0.1"), phase_started_at=T0, clock=T0,
+        conditions=[Condition(type="MetricsAvailable", status="True", reason="Read", message="read at 14:00",
+                              last_transition_time=T0)],
+        risk=RiskState(book=Book(name="live", started_at=T0, index=D(1), high_water_mark=D(1), day_open=D(1),
+                                 trading_day=date(2026, 11, 2), last_value=D(100000), last_capital=D(100000)),
+                       counters={"errors": D(0)}, last_sample_at=T0),
+        metrics=MetricsHealth(last_success_at=T0, last_attempt_at=T0, last_read_id="a", phase_pod_read_at=T0,
+                              last_evaluated_at=T0),
+    )
+
+
+def volatile_step(s: StrategyStatus, k: int) -> StrategyStatus:
+    """One healthy read later: only the bookkeeping that moves on every read changes."""
+    at = T0 + timedelta(seconds=10 * k)
+    book = s.risk.book.model_copy(update={"index": D("0.999"), "last_value": D(99900)})
+    return s.model_copy(update={
+        "clock": at,
+        "risk": s.risk.model_copy(update={"book": book, "counters": {"errors": D(k)}, "last_sample_at": at}),
+        "metrics": s.metrics.model_copy(update={"last_success_at": at, "last_attempt_at": at, "last_read_id": f"r{k}",
+                                                "phase_pod_read_at": at, "last_evaluated_at": at}),
+        "conditions": [s.conditions[0].model_copy(update={"message": f"read at {at:%H:%M:%S}"})],
+    })
+
+
+def test_volatile_changes_wait_for_the_cadence():
+    old = base()
+    new = volatile_step(old, 1)
+    assert not significant(old, new)
+    assert not persist_due(old, new, T0 + timedelta(seconds=10), T0)
+    assert persist_due(old, new, T0 + PERSIST_EVERY, T0)
+    assert not persist_due(old, old, T0 + PERSIST_EVERY * 10, T0)  # nothing changed: nothing to write
+
+
+def test_a_clock_stepped_back_writes_rather_than_waits_forever():
+    old, new = base(), volatile_step(base(), 1)
+    assert persist_due(old, new, T0 - timedelta(hours=1), T0)
+
+
+HOLD = Hold(kind=HoldKind.HALT, id="#3", seq=3, source="maxDrawdown", reason="maxDrawdown: 12% > 10%", since=T0)
+SIGNIFICANT = {
+    "a hold": lambda s: s.model_copy(update={"holds": [HOLD]}),
+    "a history entry": lambda s: s.model_copy(update={"history": [HistoryEntry(
+        seq=1, at=T0, action=Transition.HALT, reason="x", by="operator")], "history_seq": 1}),
+    "the phase": lambda s: s.model_copy(update={"phase": "live-35", "phase_index": 3}),
+    "a condition's status": lambda s: s.model_copy(update={"conditions": [
+        s.conditions[0].model_copy(update={"status": "False", "reason": "ReadFailed"})]}),
+    "a failure count": lambda s: s.model_copy(update={"metrics": s.metrics.model_copy(update={"consecutive_errors": 1})}),
+    "a late streak": lambda s: s.model_copy(update={"metrics": s.metrics.model_copy(update={"late_streak": 1})}),
+    "a limit unchecked": lambda s: s.model_copy(update={"risk": s.risk.model_copy(update={
+        "limit_failures": {"maxDrawdown": 1}, "unchecked": ["maxDrawdown: no read"]})}),
+    "a limit breaching": lambda s: s.model_copy(update={"risk": s.risk.model_copy(update={"breaching": ["maxDrawdown"]})}),
+    "the trading day": lambda s: s.model_copy(update={"risk": s.risk.model_copy(update={"book": s.risk.book.model_copy(
+        update={"trading_day": date(2026, 11, 3), "day_open": D("0.98")})})}),
+    "a new book": lambda s: s.model_copy(update={"risk": s.risk.model_copy(update={"book": s.risk.book.model_copy(
+        update={"name": "paper"})})}),
+    "the capital": lambda s: s.model_copy(update={"capital_fraction": D("0.35")}),
+    "the first read of a new phase's pod": lambda s: s.model_copy(update={
+        "metrics": s.metrics.model_copy(update={"phase_pod_read_at": None})}),
+}
+
+
+@pytest.mark.parametrize("what", sorted(SIGNIFICANT))
+def test_a_change_a_person_or_a_restart_needs_is_written_at_once(what):
+    old = base()
+    new = SIGNIFICANT[what](volatile_step(old, 1))
+    assert significant(old, new) and significant(new, old)
+    assert persist_due(old, new, T0 + timedelta(seconds=1), T0)
+
+
+def test_a_high_water_mark_risen_past_the_tolerance_is_written_at_once():
+    old = base()
+    book = old.risk.book
+
+    def with_hwm(h: Decimal) -> StrategyStatus:
+        return old.model_copy(update={"risk": old.risk.model_copy(update={"book": book.model_copy(
+            update={"high_water_mark": h, "index": h})})})
+
+    assert not significant(old, with_hwm(1 + HWM_TOLERANCE))
+    assert significant(old, with_hwm(1 + HWM_TOLERANCE * 2))
+
+
+
+def test_a_large_move_of_the_risk_index_is_written_at_once_for_the_person_watching():
+    old = base()
+
+    def with_index(i: Decimal) -> StrategyStatus:
+        return old.model_copy(update={"risk": old.risk.model_copy(update={"book": old.risk.book.model_copy(
+            update={"index": i})})})
+
+    assert not significant(old, with_index(1 - INDEX_MOVE))
+    assert significant(old, with_index(D("0.94")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.decimals(min_value=D("-0.01"), max_value=D("0.01"), places=5),
+                          st.integers(min_value=1, max_value=30)), min_size=1, max_size=60))
+def test_a_restart_from_the_written_status_loses_at_most_the_tolerance_of_the_high_water_mark(path):
+    """Any path of returns at any pace: the high-water mark a restart would find written is
+    never higher than the true one, and lower by at most HWM_TOLERANCE."""
+    live = base()
+    written, written_at, now = live, T0, T0
+    for r, seconds in path:
+        now += timedelta(seconds=seconds)
+        b = live.risk.book
+        index = b.index * (1 + r)
+        live = live.model_copy(update={"clock": now, "risk": live.risk.model_copy(update={"book": b.model_copy(
+            update={"index": index, "high_water_mark": max(b.high_water_mark, index)})})})
+        if persist_due(written, live, now, written_at):
+            written, written_at = live, now
+        true, restored = live.risk.book.high_water_mark, written.risk.book.high_water_mark
+        assert restored <= true
+        assert true <= restored * (1 + HWM_TOLERANCE)
+        assert now - written_at < PERSIST_EVERY or written == live
