@@ -242,9 +242,10 @@ def test_rbac_is_least_privilege():
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
         ("", "namespaces"): {"list", "watch"},
     }
-    # Leader election: the one Lease, in the release namespace; no delete, no list or watch.
+    # Leader election (and shards): Leases in the release namespace, listed to count the live
+    # replicas; no delete, no watch.
     assert _grants(_rbac_rules("phasegate.rbac.leaderElectionRules")) == {
-        ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+        ("coordination.k8s.io", "leases"): {"get", "list", "create", "update"},
     }
     text = (TEMPLATES / "rbac.yaml").read_text()
     assert "clusterkopfpeerings" in text
@@ -538,7 +539,7 @@ def test_helm_template_renders_the_expected_objects(values: str):
     (lease_role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "phasegate-leader-election"]
     assert lease_role["metadata"]["namespace"] == "phasegate-system"
     assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                                    "verbs": ["get", "create", "update"]}]
+                                    "verbs": ["get", "list", "create", "update"]}]
     (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
     assert pdb["spec"]["minAvailable"] == 1
     assert (("ServiceMonitor", "phasegate") in kinds) == (values == "everything")

@@ -464,6 +464,11 @@ def run(
     kube_burst: Annotated[
         int, typer.Option("--kube-burst", envvar="PHASEGATE_KUBE_BURST", min=1, help="Burst of the client-side rate limit.")
     ] = 200,
+    shards: Annotated[
+        int, typer.Option("--shards", envvar="PHASEGATE_SHARDS", min=1,
+                          help="Split the strategies into this many shards, each held by one replica through its own "
+                               "Lease (every replica must use the same number). 1: one leader acts on all.")
+    ] = 1,
     max_concurrent_evaluations: Annotated[
         int, typer.Option("--max-concurrent-evaluations", envvar="PHASEGATE_MAX_CONCURRENT_EVALUATIONS", min=1,
                           help="Interval evaluations (metrics reads) in flight at once; the rest queue, urgent passes do not.")
@@ -507,6 +512,7 @@ def run(
         "PHASEGATE_KUBE_QPS": repr(kube_qps),
         "PHASEGATE_KUBE_BURST": str(kube_burst),
         "PHASEGATE_MAX_CONCURRENT_EVALUATIONS": str(max_concurrent_evaluations),
+        "PHASEGATE_SHARDS": str(shards),
     })
     if lease_namespace:
         os.environ["PHASEGATE_LEASE_NAMESPACE"] = lease_namespace

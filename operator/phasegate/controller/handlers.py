@@ -32,6 +32,7 @@ from . import cache, telemetry
 from .kube import PRIORITY, Conflict
 from .leader import NotLeading
 from .reconcile import Memo, Reconciler
+from .shards import CURRENT_SHARD
 
 STRATEGY = dict(group=contract.GROUP, version=contract.VERSION, plural=contract.PLURAL)
 CHILD_LABELS = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
@@ -60,11 +61,17 @@ LOOPS: dict[tuple[str, str], Loop] = {}
 RECONCILER: Optional[Reconciler] = None
 # Whether this process is the leader right now (controller/main.py sets the elector's
 # predicate). A loop never reconciles unless it is; every write is fenced on it as well.
-def always_leading() -> bool:
+def always_leading(namespace: str = "", name: str = "") -> bool:
     return True
 
 
-LEADING: Callable[[], bool] = always_leading
+LEADING: Callable[[str, str], bool] = always_leading
+# The shard of a strategy when the operator is sharded (controller/shards.py), else None.
+def unsharded(namespace: str, name: str) -> Optional[int]:
+    return None
+
+
+SHARD_OF: Callable[[str, str], Optional[int]] = unsharded
 STANDBY_POLL = 5.0  # a standby's loops are woken when it starts leading; this is only a backstop
 WATCHDOG_INTERVALS = 3.0
 # Interval evaluations in flight at once (each mostly waits on a scrape).
@@ -85,13 +92,17 @@ def wake_all() -> None:
         loop.wake.set()
 
 
-def stale_loops(leading_since: Optional[float], now: Optional[float] = None) -> list[str]:
-    """Strategies whose last evaluation is older than WATCHDOG_INTERVALS of their interval,
-    counted at the earliest from when this process became leader."""
+def stale_loops(leading_since: Callable[[str, str], Optional[float]], now: Optional[float] = None) -> list[str]:
+    """Strategies this process leads whose last evaluation is older than WATCHDOG_INTERVALS
+    of their interval, counted at the earliest from when it began leading them
+    (`leading_since(namespace, name)`, None when it does not lead that strategy)."""
     now = time.monotonic() if now is None else now
     out = []
     for (ns, name), loop in list(LOOPS.items()):
-        base = max(loop.last_evaluation or loop.started, leading_since or 0.0)
+        since = leading_since(ns, name)
+        if since is None:
+            continue
+        base = max(loop.last_evaluation or loop.started, since)
         if now - base > WATCHDOG_INTERVALS * loop.interval:
             out.append(f"{ns}/{name}: last evaluation {now - base:.1f}s ago (interval {loop.interval:g}s)")
     return out
@@ -186,6 +197,7 @@ async def strategy_loop(
         spec: Optional[StrategySpec] = None
         carry: Optional[Observation] = None
         PRIORITY.set(urgent)
+        CURRENT_SHARD.set(SHARD_OF(namespace, name))
 
         def observing(still: bool) -> None:
             if not still:
@@ -225,7 +237,7 @@ async def strategy_loop(
 
     try:
         while not stopped:
-            timeout = max(0.0, next_tick - aio.time()) if LEADING() else STANDBY_POLL
+            timeout = max(0.0, next_tick - aio.time()) if LEADING(namespace, name) else STANDBY_POLL
             if not me.wake.is_set() and timeout > 0:
                 try:
                     await asyncio.wait_for(me.wake.wait(), timeout=timeout)
@@ -234,7 +246,7 @@ async def strategy_loop(
             me.wake.clear()
             if stopped:
                 break
-            if not LEADING():  # a standby (or a leader past its renew deadline) never reconciles
+            if not LEADING(namespace, name):  # a standby (or a leader past its renew deadline) never reconciles
                 next_tick = min(next_tick, aio.time())  # kept due: the first pass as leader evaluates
                 continue
             urgent, me.urgent = me.urgent, False

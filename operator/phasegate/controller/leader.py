@@ -165,8 +165,12 @@ class LeaderElector:
         is_dead: Callable[[str], bool] = holder_is_dead,
         fingerprint: str = "",
         log: Any = None,
+        may_acquire: Optional[Callable[[], Any]] = None,
     ) -> None:
         self.store = store
+        # Asked (awaited) before taking a lease this process does not hold; never before a
+        # renewal. Sharding uses it so that replicas configured differently never both act.
+        self.may_acquire = may_acquire
         self.s = settings
         self.identity = settings.identity
         self._mono = monotonic
@@ -210,6 +214,10 @@ class LeaderElector:
         duration = math.ceil(self.s.lease_duration)
         try:
             rec = await self.store.get()
+            taking = rec is None or (rec.holder != self.identity and self._expired(rec, now))
+            if taking and self.may_acquire is not None and not await self.may_acquire():
+                self._renewed_at = None
+                return False
             if rec is None:
                 new = LeaseRecord(self.identity, duration, now, now, 0, self._fingerprint)
                 written = await self.store.create(new)

@@ -21,6 +21,7 @@ from phasegate.metrics import make_source
 from . import handlers, leader, telemetry
 from .kube import Kube, RateLimiter, load_client
 from .reconcile import Reconciler
+from .shards import LeaseDirectory, ShardElection, conflicting, shard_of
 
 _state: dict[str, Any] = {}
 
@@ -131,10 +132,36 @@ def _fence(elector: leader.LeaderElector, log: Any) -> Any:
     return fence
 
 
-async def _start_election(api: Any, election: leader.ElectionSettings) -> leader.LeaderElector:
+def _shard_count() -> int:
+    return max(1, int(os.environ.get("PHASEGATE_SHARDS") or 1))
+
+
+async def _start_election(api: Any, election: leader.ElectionSettings) -> Any:
     log = telemetry.log_for("-", "-").bind(identity=election.identity)
-    store = leader.KubeLeaseStore(api, election.namespace, election.name, timeout=election.renew_deadline)
-    elector = leader.LeaderElector(store, election, fingerprint=leader.process_fingerprint(), log=log)
+    shards = _shard_count()
+    elector: Any
+    if shards > 1:
+        elector = ShardElection(api, election, shards, fingerprint=leader.process_fingerprint(), log=log)
+        handlers.LEADING = elector.leading_for
+        handlers.SHARD_OF = lambda namespace, name: shard_of(namespace, name, shards)
+        telemetry.SHARDS_HELD.labels(election.identity).set_function(lambda: float(len(elector.held())))
+    else:
+        directory = LeaseDirectory(api, election.namespace, election.renew_deadline)
+
+        async def no_sharded_replica() -> bool:
+            # An unsharded leader never acts beside replicas that split the strategies.
+            try:
+                others = conflicting(await directory.live(), 1)
+            except Exception:  # cannot tell: take the lease as before sharding existed
+                return True
+            if others:
+                log.error("not taking the leader lease: sharded replicas are live", replicas=others[:5])
+            return not others
+
+        store = leader.KubeLeaseStore(api, election.namespace, election.name, timeout=election.renew_deadline)
+        elector = leader.LeaderElector(store, election, fingerprint=leader.process_fingerprint(), log=log,
+                                       may_acquire=no_sharded_replica)
+        handlers.LEADING = lambda namespace="", name="": elector.leading()
     elector.on_started.append(handlers.wake_all)
     telemetry.LEADER.labels(election.identity).set_function(lambda: 1.0 if elector.leading() else 0.0)
     await elector.step()  # a lone operator leads before its first pass
@@ -173,7 +200,6 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         elector = await _start_election(api, election)
         kube = Kube(api, fence=_fence(elector, telemetry.log_for("-", "-").bind(identity=election.identity)),
                     limiter=limiter)
-        handlers.LEADING = elector.leading
     else:
         kube = Kube(api, limiter=limiter)
         handlers.LEADING = handlers.always_leading
@@ -198,26 +224,37 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         _state["runner"] = await _metrics_app(_state["metrics_port"])
     telemetry.log_for("-", "-").info(
         "operator started", metrics_port=_state.get("metrics_port"),
-        identity=election.identity if election else None, leading=handlers.LEADING(),
+        identity=election.identity if election else None, leading=elector.leading() if elector else True,
+        shards=_shard_count() if election else 1,
     )
 
 
 @kopf.on.probe(id="leader")
 def leader_probe(**_: Any) -> dict[str, Any]:
-    elector: Optional[leader.LeaderElector] = _state.get("elector")
+    elector: Any = _state.get("elector")
     if elector is None:
         return {"leading": True, "election": False}
-    return {"leading": elector.leading(), "identity": elector.identity, "holder": elector.holder}
+    out = {"leading": elector.leading(), "identity": elector.identity, "holder": elector.holder}
+    if isinstance(elector, ShardElection):
+        out["shards"] = {"count": elector.shards, "held": elector.held()}
+    return out
 
 
 @kopf.on.probe(id="watchdog")
 def watchdog_probe(**_: Any) -> str:
     """Liveness fails when the leader has a strategy not evaluated for 3 of its intervals
     (a stuck loop guards nothing). A standby evaluates nothing, so it is never stale."""
-    elector: Optional[leader.LeaderElector] = _state.get("elector")
+    elector: Any = _state.get("elector")
     if elector is not None and not elector.leading():
         return "standby"
-    stale = handlers.stale_loops(elector.leading_since if elector is not None else None)
+    if isinstance(elector, ShardElection):
+        since = elector.since_for
+    else:
+        started = elector.leading_since if elector is not None else 0.0
+
+        def since(namespace: str, name: str) -> Optional[float]:
+            return started
+    stale = handlers.stale_loops(since)
     if stale:
         telemetry.log_for("-", "-").error("watchdog: evaluations are late", late=stale)
         raise kopf.PermanentError("evaluations are late: " + "; ".join(stale[:5]))

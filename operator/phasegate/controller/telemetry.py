@@ -62,6 +62,10 @@ LAST_EVALUATION = Gauge(
     ["namespace", "strategy"], registry=REGISTRY,
 )
 
+SHARDS_HELD = Gauge(
+    "phasegate_shards_held", "Shards this replica holds and acts on (sharded operators: --shards > 1).",
+    ["identity"], registry=REGISTRY,
+)
 STATUS_WRITES = Counter(
     "phasegate_status_writes_total",
     "Status writes of the strategies (volatile fields are written at most every 60 s; decisions at once).",

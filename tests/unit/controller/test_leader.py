@@ -378,7 +378,7 @@ def test_the_loop_skips_while_not_leading_and_evaluates_at_once_on_becoming_lead
             return None, None
 
     monkeypatch.setattr(handlers, "RECONCILER", FakeReconciler())
-    monkeypatch.setattr(handlers, "LEADING", lambda: leading["now"])
+    monkeypatch.setattr(handlers, "LEADING", lambda ns, name: leading["now"])
     monkeypatch.setattr(handlers, "STANDBY_POLL", 0.05)
     monkeypatch.setattr(handlers, "_interval", lambda spec, body: 30.0)
 
@@ -416,11 +416,11 @@ def test_the_watchdog_names_strategies_not_evaluated_for_three_intervals(monkeyp
     fresh.last_evaluation, late.last_evaluation = 95.0, 69.0
     new.started = 80.0
     handlers.LOOPS.update({("ns", "fresh"): fresh, ("ns", "late"): late, ("ns", "new"): new})
-    stale = handlers.stale_loops(None, now=100.0)
+    stale = handlers.stale_loops(lambda ns, n: 0.0, now=100.0)
     assert len(stale) == 1 and stale[0].startswith("ns/late:")
     # counted from when this process became leader at the earliest
-    assert handlers.stale_loops(leading_since=90.0, now=100.0) == []
-    assert len(handlers.stale_loops(None, now=111.0)) == 2
+    assert handlers.stale_loops(lambda ns, n: 90.0, now=100.0) == []
+    assert len(handlers.stale_loops(lambda ns, n: 0.0, now=111.0)) == 2
 
 
 # --------------------------------------------------------------------------- `phasegate status`: the holder line

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phasegate.api.status import (
-    Book, Condition, HistoryEntry, Hold, HoldKind, MetricsHealth, RiskState, StrategyStatus, Transition,
+    Book,
+    Condition,
+    HistoryEntry,
+    Hold,
+    HoldKind,
+    MetricsHealth,
+    RiskState,
+    StrategyStatus,
+    Transition,
 )
 from phasegate.policy.persistence import HWM_TOLERANCE, INDEX_MOVE, PERSIST_EVERY, persist_due, significant
 

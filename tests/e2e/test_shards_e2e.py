@@ -1,0 +1,164 @@
+"""Sharding for real: three operator replicas split 300 strategies between six shard Leases.
+
+Kill one replica: its shards are taken over once their leases expire, no strategy is ever
+written by two replicas (the apiserver's managedFields name every writer of a strategy's
+status: the user agent `phasegate@<identity>`), and no transition is recorded twice.
+
+The strategies' pods run on the kwok nodes (Running, with an address, nothing inside); one
+fake strategy process bound to 0.0.0.0 answers every pod address's metrics port, so every
+strategy reads healthy metrics. Short lease settings (4s / 3s / 0.5s) and the dead-holder
+shortcut off, so a successor waits for the leases to expire as it would in another pod.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+import plans  # noqa: E402  (tests/support)
+
+from .strategy_env import Strategies, history_actions, install_crd, start_operator, wait_for
+
+N_STRATEGIES, SHARDS, REPLICAS = 300, 6, 3
+DURATION, DEADLINE, RETRY = 4.0, 3.0, 0.5
+ENV = {
+    "PHASEGATE_SHARDS": str(SHARDS),
+    "PHASEGATE_LEASE_DURATION": str(DURATION),
+    "PHASEGATE_RENEW_DEADLINE": str(DEADLINE),
+    "PHASEGATE_RETRY_PERIOD": str(RETRY),
+    "PHASEGATE_LEASE_DEAD_HOLDER_CHECK": "false",
+}
+PHASES = [
+    {"name": "paper", "mode": "paper", "minDuration": "20s"},
+    {"name": "shadow", "mode": "shadow", "minDuration": "1h"},
+]
+
+
+def identity(op) -> str:
+    return f"{socket.gethostname()}_{op.proc.pid}"
+
+
+def shard_holders(k8s, ns: str) -> dict[str, str]:
+    """{shard lease: holder} of the live shard leases."""
+    from datetime import UTC, datetime, timedelta
+
+    out = {}
+    now = datetime.now(UTC)
+    for lease in client.CoordinationV1Api(k8s).list_namespaced_lease(ns).items:
+        name, spec = lease.metadata.name, lease.spec
+        if not name.startswith("phasegate-shard-") or not spec.holder_identity or spec.renew_time is None:
+            continue
+        if spec.renew_time + timedelta(seconds=spec.lease_duration_seconds or 0) >= now:
+            out[name] = spec.holder_identity
+    return out
+
+
+def status_writers(obj: dict[str, Any]) -> set[str]:
+    return {m["manager"] for m in obj["metadata"].get("managedFields") or []
+            if m.get("subresource") == "status" and m["manager"].startswith("phasegate@")}
+
+
+def kwok_strategy(name: str, port: int) -> dict[str, Any]:
+    body = plans.strategy(name, phases=PHASES, interval="2s")
+    t = body["spec"]["template"]
+    t.pop("nodeSelector"), t.pop("tolerations")  # kwok nodes: Running, nothing runs
+    t["metricsPort"] = port
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(600)
+def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(k8s, kubeconfig, namespace, tmp_path):
+    install_crd(k8s)
+    ts = Strategies(k8s, namespace)
+    port = free_port()
+    metrics = subprocess.Popen(
+        [sys.executable, plans.FAKE_STRATEGY],
+        env={**os.environ, "PHASEGATE_POD_IP": "0.0.0.0", "PHASEGATE_METRICS_PORT": str(port), "FAKE_TICK_SECONDS": "1"},
+        stdout=open(tmp_path / "metrics.log", "w"), stderr=subprocess.STDOUT,
+    )
+    ops = [start_operator(kubeconfig, namespace, tmp_path / f"op{i}", env=ENV) for i in range(REPLICAS)]
+    try:
+        ids = {identity(o) for o in ops}
+
+        def balanced():
+            held = shard_holders(k8s, namespace)
+            per = Counter(held.values())
+            return held if len(held) == SHARDS and set(per) == ids and set(per.values()) == {SHARDS // REPLICAS} else None
+
+        wait_for(balanced, 60, "six shards, two per replica")
+        names = [f"s{i:03d}" for i in range(N_STRATEGIES)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: ts.create(kwok_strategy(n, port)), names))
+
+        def all_reconciled():
+            items = client.CustomObjectsApi(k8s).list_namespaced_custom_object(
+                "phasegate.dev", "v1alpha1", namespace, "tradingstrategies")["items"]
+            done = [o for o in items if (o.get("status") or {}).get("phase")]
+            return items if len(done) == N_STRATEGIES else None
+
+        items = wait_for(all_reconciled, 240, "every strategy reconciled", interval=2)
+        before = shard_holders(k8s, namespace)
+        for obj in items:
+            writers = status_writers(obj)
+            assert len(writers) == 1, f"{obj['metadata']['name']}: written by {writers}"
+        # Kill one replica in the middle of the paper -> shadow advances.
+        victim = ops[1]
+        victim_id = identity(victim)
+        orphaned = {lease for lease, h in before.items() if h == victim_id}
+        assert len(orphaned) == SHARDS // REPLICAS
+        killed_at = time.monotonic()
+        victim.kill(signal.SIGKILL)
+        survivors = [o for o in ops if o is not victim]
+        taken = wait_for(
+            lambda: (lambda held: held if all(held.get(lease) not in (None, victim_id) for lease in orphaned) else None)(
+                shard_holders(k8s, namespace)),
+            DURATION * 3 + 10, "the killed replica's shards taken over", interval=0.1,
+        )
+        takeover = time.monotonic() - killed_at
+        assert set(taken.values()) == {identity(o) for o in survivors}
+        # Every strategy goes on: all advance to shadow, each exactly once.
+        def all_advanced():
+            items = client.CustomObjectsApi(k8s).list_namespaced_custom_object(
+                "phasegate.dev", "v1alpha1", namespace, "tradingstrategies")["items"]
+            return items if all((o.get("status") or {}).get("phase") == "shadow" for o in items) else None
+
+        items = wait_for(all_advanced, 180, "every strategy advanced to shadow", interval=2)
+    finally:
+        for o in ops:
+            o.stop()
+        metrics.terminate()
+        metrics.wait(10)
+    print(f"\nshard takeover after SIGKILL: {takeover:.2f}s (lease duration {DURATION:g}s)")
+    assert takeover <= DURATION + 4 * RETRY + 3.0, takeover
+    moved = 0
+    for obj in items:
+        name, st = obj["metadata"]["name"], obj["status"]
+        assert history_actions(st) == [("start", "paper"), ("advance", "shadow")], f"{name}: {history_actions(st)}"
+        assert [h["seq"] for h in st["history"]] == [1, 2], name
+        writers = status_writers(obj)
+        from phasegate.controller.shards import shard_lease, shard_of
+
+        lease = shard_lease(shard_of(namespace, name, SHARDS), SHARDS)
+        if lease in orphaned:
+            # Written by the killed replica, then by the one that took its shard: never by a third.
+            assert writers <= {f"phasegate@{victim_id}", f"phasegate@{taken[lease]}"}, f"{name}: {writers}"
+            moved += 1
+        else:
+            assert writers == {f"phasegate@{before[lease]}"}, f"{name}: written by {writers}"
+    assert moved > 0
