@@ -88,9 +88,14 @@ def statefulset_view(body: Mapping[str, Any]) -> StatefulSetView:
 
 
 def first(store: Any) -> Any:
-    """The one value a kopf index holds under a key (namespace, name), or None."""
+    """The value a kopf index holds under a key (namespace, name), or None. kopf keeps one
+    value per object (uid), so for a moment after a pod is replaced the key holds both the
+    old one, being deleted, and its successor: the one not being deleted is the answer."""
     if store is None:
         return None
+    found = None
     for value in store:
-        return value
-    return None
+        if not getattr(value, "deleting", False):
+            return value
+        found = value
+    return found

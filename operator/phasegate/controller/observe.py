@@ -92,7 +92,9 @@ async def read_metrics(
     read_id = uuid.uuid4().hex
     if pod is None or not pod.readable:
         seen = status.metrics.phase_pod_read_at
-        if starting(spec, status, now, sts) and (seen is None or seen < (status.phase_started_at or now)):
+        # Read "in this phase" means after the phase began: the read that let the strategy
+        # advance was of the previous phase's pod, in the same instant.
+        if starting(spec, status, now, sts) and (seen is None or seen <= (status.phase_started_at or now)):
             # A roll stops the old pod before it starts the new one: a start-up, not a failure (and not a pass).
             return {"starting": True}
         return {"metrics_error": f"strategy pod {pod_name} is not running and ready", "read_id": read_id}

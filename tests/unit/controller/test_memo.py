@@ -91,3 +91,12 @@ def test_views_read_the_raw_json():
                              "status": {"observedGeneration": 3, "currentRevision": "b", "updateRevision": "b",
                                         "updatedReplicas": 1}})
     assert not done.rolling
+
+
+def test_a_replaced_pod_answers_for_its_name_not_the_one_being_deleted():
+    from phasegate.controller.cache import PodView, first
+
+    old = PodView(name="s-0", uid="old", ip="10.0.0.7", ready=True, deleting=True)
+    new = PodView(name="s-0", uid="new", ip="10.0.0.8", ready=False)
+    assert first([old, new]) is new and first([new, old]) is new
+    assert first([old]) is old and first(None) is None and first([]) is None

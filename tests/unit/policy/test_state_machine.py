@@ -197,7 +197,7 @@ class GuardMachine(RuleBasedStateMachine):
             return self.observe(metrics_error="connection refused", read_id=rid)
         if pod is None or not pod.ready:
             seen = self.status.metrics.phase_pod_read_at
-            if self.now - started < grace and (seen is None or seen < started):
+            if self.now - started < grace and (seen is None or seen <= started):
                 return self.observe(starting=True)
             return self.observe(metrics_error="strategy pod is not running and ready", read_id=rid)
         book = "live" if pod.mode == "live" else "paper"
