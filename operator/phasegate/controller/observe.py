@@ -86,7 +86,7 @@ def pod_read(pod: Any) -> PodRead:
 
 async def read_metrics(
     kube: Kube, source: MetricsSource, owner: Owner, spec: StrategySpec, status: StrategyStatus, now: datetime,
-    pod: Any,
+    pod: Any, supervisor: str = "",
 ) -> dict[str, Any]:
     pod_name = f"{owner.name}-0"
     read_id = uuid.uuid4().hex
@@ -104,6 +104,11 @@ async def read_metrics(
             # A roll stops the old pod before it starts the new one: a start-up, not a failure (and not a pass).
             return {"starting": True}
         return {"metrics_error": f"strategy pod {pod_name} is not running and ready", "read_id": read_id}
+    supervision = spec.supervision_timeout
+    if supervision is not None:
+        # A supervised scrape extends the pod's licence to trade, as a write would: only the
+        # leader may give it, so it is fenced like one (NotLeading abandons the pass).
+        kube.fence("supervise", f"Pod {owner.namespace}/{pod_name}")
     target = ScrapeTarget(
         namespace=owner.namespace,
         strategy=owner.name,
@@ -113,6 +118,8 @@ async def read_metrics(
         path="/metrics",
         timeout_seconds=spec_timeout(spec),
         now=now,
+        supervisor=supervisor if supervision is not None else "",
+        supervision_deadline=now + supervision if supervision is not None else None,
     )
     try:
         snap = await source.read(target)
@@ -199,6 +206,7 @@ async def observe(
     *,
     read_metrics_now: bool,
     carry: Optional[Observation] = None,
+    supervisor: str = "phasegate",
 ) -> Observation:
     """Everything the decision needs. `carry` is an earlier observation of this pass (a 409
     retry): its metrics read is reused, so a breach seen is decided on, never dropped."""
@@ -215,5 +223,5 @@ async def observe(
         for key in ("metrics", "metrics_error", "read_id", "pod", "starting"):
             found[key] = getattr(carry, key)
     elif phase is not None and phase.mode is not Mode.BACKTEST and read_metrics_now and source is not None and not stopped:
-        found.update(await read_metrics(kube, source, owner, spec, status, now, pod))
+        found.update(await read_metrics(kube, source, owner, spec, status, now, pod, supervisor))
     return Observation(**found)
