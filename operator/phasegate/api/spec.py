@@ -675,18 +675,21 @@ class StrategySpec(ApiModel):
         timeout = self.supervision_timeout
         if timeout is None:
             return self
+        problems = []  # both, as the apiserver reports both rules
         if self.analysis.source == MetricsSourceType.PROMETHEUS:
-            raise ValueError(
+            problems.append(
                 "spec.supervision.timeout needs spec.analysis.source: scrape (with prometheus the operator never "
                 "contacts the pod, so supervision would always lapse): use source scrape or remove spec.supervision"
             )
         least = SUPERVISION_INTERVALS * self.evaluation_interval
         if timeout < least:
-            raise ValueError(
+            problems.append(
                 f"spec.supervision.timeout: {format_duration(timeout)} is shorter than {SUPERVISION_INTERVALS} x "
                 f"spec.analysis.interval ({self.analysis.interval}; a supervised scrape comes once per interval): "
                 f"raise spec.supervision.timeout to {format_duration(least)} or more, or shorten spec.analysis.interval"
             )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
