@@ -107,7 +107,10 @@ def test_a_strategy_goes_to_safe_mode_when_no_operator_supervises_it_and_back_wh
         assert contract.ENV_SUPERVISION_TIMEOUT not in pod_env(ts, "plain")
 
         # Supervised: the operator's scrapes keep moving the deadline; the pod trades normally.
-        wait_for(lambda: scrape(ts, "watched")[contract.M_SUPERVISION_DEADLINE] > 0, 30, "a supervised contact")
+        # (the gauge starts at the pod's start + timeout: only a contact moves it on)
+        first_deadline = scrape(ts, "watched")[contract.M_SUPERVISION_DEADLINE]
+        wait_for(lambda: scrape(ts, "watched")[contract.M_SUPERVISION_DEADLINE] > first_deadline, 30,
+                 "a supervised contact moving the deadline")
         seen = scrape(ts, "watched")
         assert seen[contract.M_SUPERVISION_SAFE_MODE] == 0
         assert seen[contract.M_SUPERVISION_SAFE_MODE_ENTRIES] == 0

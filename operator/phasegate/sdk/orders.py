@@ -41,6 +41,11 @@ class OrderGate:
     def submit(self, request: OrderRequest) -> Order | None:
         """Send an order if the gate is open; None when it was refused or rejected."""
         now = self.clock.now()
+        # Before the order-rate breaker counts it: an order refused in safe mode is never sent,
+        # and a strategy that keeps asking must not trip the breaker (and be halted) for it.
+        if self.accepting and not self.breakers.tripped and self.supervision is not None \
+                and self._adds_exposure_while_unsupervised(request, now):
+            return None
         if not self.accepting or not self.breakers.record_order(now):
             self.refused += 1
             if not self._refusal_logged:
@@ -51,8 +56,6 @@ class OrderGate:
                     reason="shutting down" if not self.accepting else "circuit breaker tripped",
                     symbol=request.symbol,
                 )
-            return None
-        if self.supervision is not None and self._adds_exposure_while_unsupervised(request, now):
             return None
         try:
             order = self.broker.submit(request)

@@ -246,6 +246,15 @@ def test_safe_mode_refuses_new_exposure_allows_reduce_only_and_cancels_working_o
     assert gate.submit(OrderRequest("ABC", Side.BUY, Decimal(1))) is not None
 
 
+def test_orders_refused_in_safe_mode_are_never_sent_so_they_do_not_trip_the_order_rate_breaker():
+    clock, broker, metrics, log, guard, gate = gated()
+    clock.advance(6 * S)
+    for _ in range(1000):  # a strategy that keeps asking, every bar
+        assert gate.submit(OrderRequest("ABC", Side.BUY, Decimal(1))) is None
+    assert not gate.breakers.tripped and gate.refused == 1000
+    assert sample(metrics, contract.M_ORDERS_SUBMITTED) == 0
+
+
 def test_a_scrape_without_headers_or_with_bad_ones_is_no_contact():
     clock, broker, metrics, log, guard, gate = gated()
     clock.advance(5 * S)
