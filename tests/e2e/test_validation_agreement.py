@@ -64,7 +64,8 @@ def _bases() -> list[dict[str, Any]]:
         imagePullPolicy="IfNotPresent", nodeSelector={"pool": "trading"}, serviceAccountName="momentum",
     )
     full["tradingDay"] = {"startTime": "09:30", "timeZone": "America/New_York"}
-    bases = [MINIMAL, full, *_shipped()]
+    supervised = {**MINIMAL, "analysis": {"interval": "5s"}, "supervision": {"timeout": "10s"}}
+    bases = [MINIMAL, full, supervised, *_shipped()]
     for b in bases:
         StrategySpec.model_validate(b)  # each base is valid to begin with
     return bases
@@ -200,6 +201,27 @@ def cross_field(spec: dict, which: str) -> None:
         spec["phases"] = [{"name": f"p{i}", "mode": "paper"} for i in range(17)]
     elif which == "no-phases":
         spec["phases"] = []
+    elif which == "supervision-under-two-intervals":
+        spec["supervision"] = {"timeout": "59s"}
+        spec.setdefault("analysis", {})["interval"] = "30s"
+    elif which == "supervision-at-two-intervals":
+        spec["supervision"] = {"timeout": "1m"}
+        spec.setdefault("analysis", {})["interval"] = "30s"
+    elif which == "supervision-default-interval":
+        spec["supervision"] = {"timeout": "45s"}
+        spec.get("analysis", {}).pop("interval", None)  # the default, 30s: too short with it
+    elif which == "interval-raised-under-supervision":
+        spec["supervision"] = {"timeout": "10s"}
+        spec.setdefault("analysis", {})["interval"] = "5001ms"
+    elif which == "supervision-with-prometheus":
+        spec["supervision"] = {"timeout": "5m"}
+        spec.setdefault("analysis", {}).update(source="prometheus", prometheus={"address": "http://prometheus:9090"})
+    elif which == "supervision-zero":
+        spec["supervision"] = {"timeout": "0s"}
+    elif which == "supervision-past-bound":
+        spec["supervision"] = {"timeout": "24h1ms"}
+    elif which == "supervision-null":
+        spec["supervision"] = {"timeout": None}
     elif which == "reserved-env":
         spec.setdefault("template", {})["env"] = [{"name": "PHASEGATE_MODE", "value": "live"}]
 
@@ -212,6 +234,10 @@ CROSS = {
     "prometheus-without-address": ("prometheus",), "pause-after-halt": ("pauseAfter",),
     "pause-equals-halt": ("pauseAfter",), "pause-after-default-halt": ("pauseAfter",),
     "too-many-phases": ("phases",), "no-phases": ("phases",), "reserved-env": ("env",),
+    "supervision-under-two-intervals": ("supervision",), "supervision-at-two-intervals": ("supervision",),
+    "supervision-default-interval": ("supervision",), "interval-raised-under-supervision": ("interval",),
+    "supervision-with-prometheus": ("supervision",), "supervision-zero": ("supervision",),
+    "supervision-past-bound": ("supervision",), "supervision-null": ("supervision",),
 }
 
 
@@ -338,3 +364,21 @@ def get_or(spec: dict, path: tuple) -> Any:
         return get(spec, path)
     except (KeyError, IndexError, TypeError):
         return "<removed>"
+
+
+def test_every_cross_field_rule_agrees_on_every_base(k8s, agreement_ns):
+    """Each rule that spans fields, broken (or nearly) on each base: not left to the draw."""
+    api = client.CustomObjectsApi(k8s)
+    disagreements = []
+    for which, keys in sorted(CROSS.items()):
+        for i, base in enumerate(BASES):
+            spec = copy.deepcopy(base)
+            cross_field(spec, which)
+            (server_ok, server_msg), (model_ok, model_msg) = apiserver_verdict(api, agreement_ns, spec), model_verdict(spec)
+            if server_ok != model_ok:
+                disagreements.append(f"{which} on base {i}: apiserver {server_ok}, model {model_ok}\n"
+                                     f"  apiserver: {server_msg[:400]}\n  model: {model_msg[:400]}")
+            elif not server_ok and not (_named(keys, server_msg) and _named(keys, model_msg)):
+                disagreements.append(f"{which} on base {i}: the refusal does not name {keys}\n"
+                                     f"  apiserver: {server_msg[:400]}\n  model: {model_msg[:400]}")
+    assert not disagreements, "\n".join(disagreements)

@@ -15,6 +15,7 @@ from .spec import (
     RiskLimits,
     StrategySpec,
     StrategyTemplate,
+    Supervision,
 )
 from .status import (
     ABSORBING_STATES,
@@ -34,6 +35,6 @@ __all__ = [
     "ABSORBING_STATES", "ACTION_SEVERITY", "Action", "Analysis", "Approval", "BreakerState",
     "BreakerStatus", "Condition", "ConditionType", "GateResult", "Gates", "HistoryEntry", "Limit",
     "MetricsSourceType", "Mode", "Phase", "RiskLimits", "RiskState", "Severity", "State",
-    "StrategySpec", "StrategyStatus", "StrategyTemplate", "contract", "format_duration",
+    "StrategySpec", "StrategyStatus", "StrategyTemplate", "Supervision", "contract", "format_duration",
     "parse_duration",
 ]

@@ -24,6 +24,9 @@ ENV_SHADOW = "PHASEGATE_SHADOW"  # "true" | "false"
 ENV_CHECKPOINT_DIR = "PHASEGATE_CHECKPOINT_DIR"
 ENV_METRICS_PORT = "PHASEGATE_METRICS_PORT"
 ENV_ACCOUNT = "PHASEGATE_ACCOUNT"
+# Set only when spec.supervision.timeout is: the strategy expects supervised scrapes from
+# its start, and goes to safe mode when none came within this duration (sdk/supervision.py).
+ENV_SUPERVISION_TIMEOUT = "PHASEGATE_SUPERVISION_TIMEOUT"
 
 POD_ENV_NAMES = (
     ENV_STRATEGY,
@@ -52,6 +55,18 @@ M_SIGNAL_ALIGNMENT = "strategy_signal_alignment_ratio"
 M_POSITION_DISCREPANCY = "strategy_position_discrepancy_ratio"
 M_EXECUTION_QUALITY = "strategy_execution_quality_ratio"
 M_SLIPPAGE_BPS = "strategy_slippage_bps"
+# The dead-man's switch (spec.supervision): 1 while the strategy is in safe mode (no new
+# exposure, reduce-only), entries into it, and the deadline of the last supervised contact.
+M_SUPERVISION_SAFE_MODE = "strategy_supervision_safe_mode"
+M_SUPERVISION_SAFE_MODE_ENTRIES = "strategy_supervision_safe_mode_entries_total"
+M_SUPERVISION_SAFE_MODE_EXITS = "strategy_supervision_safe_mode_exits_total"
+M_SUPERVISION_DEADLINE = "strategy_supervision_deadline_timestamp_seconds"
+
+# --- supervision headers (on every scrape by the leading operator, spec.supervision set) ---
+# Who supervises (the leader's identity) and until when (RFC 3339, UTC): the strategy keeps
+# trading normally only while the last deadline it received is in the future.
+HEADER_SUPERVISOR = "Phasegate-Supervisor"
+HEADER_SUPERVISION_DEADLINE = "Phasegate-Supervision-Deadline"
 
 # --- labels and annotations on objects the operator owns ---
 LABEL_STRATEGY = "phasegate.dev/strategy"

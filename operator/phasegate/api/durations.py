@@ -29,12 +29,20 @@ MAX_DURATION_HINT = f"at most {MAX_DURATION_TEXT} (10 years): write a shorter du
 # The same bound as a CEL rule on a string field: the parts' sum in milliseconds, each part
 # found with the regex of _PART (RE2 and Python agree on it: `ms` is tried before `m`).
 _MS = {u: int(d / timedelta(milliseconds=1)) for u, d in _UNIT.items()}
-DURATION_BOUND_RULE = (
-    "self.findAll('[0-9]+(ms|s|m|h|d|w)').map(p, int(p.find('^[0-9]+')) * "
-    f"(p.endsWith('ms') ? {_MS['ms']} : p.endsWith('s') ? {_MS['s']} : p.endsWith('m') ? {_MS['m']} : "
-    f"p.endsWith('h') ? {_MS['h']} : p.endsWith('d') ? {_MS['d']} : {_MS['w']})).sum() "
-    f"<= {int(MAX_DURATION / timedelta(milliseconds=1))}"
-)
+
+
+def duration_ms_cel(field: str) -> str:
+    """A CEL expression for the duration string `field` (e.g. `self.analysis.interval`) in
+    milliseconds: what a rule comparing two durations needs. Meaningful only for a string that
+    matches DURATION_PATTERN, so guard it with `!field.matches(...) || ...`."""
+    return (
+        f"{field}.findAll('[0-9]+(ms|s|m|h|d|w)').map(p, int(p.find('^[0-9]+')) * "
+        f"(p.endsWith('ms') ? {_MS['ms']} : p.endsWith('s') ? {_MS['s']} : p.endsWith('m') ? {_MS['m']} : "
+        f"p.endsWith('h') ? {_MS['h']} : p.endsWith('d') ? {_MS['d']} : {_MS['w']})).sum()"
+    )
+
+
+DURATION_BOUND_RULE = f"{duration_ms_cel('self')} <= {int(MAX_DURATION / timedelta(milliseconds=1))}"
 
 
 def parse_duration(text: str) -> timedelta:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .durations import parse_duration
+from .durations import DURATION_PATTERN, duration_ms_cel, format_duration, parse_duration
 from .timezones import TIME_ZONES
 from .types import Duration, Fraction, Money, Ratio, json_type_check, out_of_range_number
 
@@ -294,6 +294,56 @@ class Analysis(ApiModel):
         return self
 
 
+MAX_SUPERVISION_TIMEOUT = timedelta(hours=24)
+# Two evaluation intervals at least: a contact arrives once per interval, so a shorter timeout
+# would put the strategy in safe mode between two healthy scrapes.
+SUPERVISION_INTERVALS = 2
+_SUPERVISED = "has(self.supervision) && has(self.supervision.timeout)"
+
+
+class Supervision(ApiModel):
+    """The dead-man's switch: every scrape by the leading operator carries a deadline (now +
+    timeout); when the last one passes, the strategy goes to safe mode (no new exposure,
+    reduce-only, working orders cancelled) until a scrape with a future deadline comes back."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!has(self.timeout) || !self.timeout.matches('{DURATION_PATTERN}') || "
+                    f"({duration_ms_cel('self.timeout')} > 0 && {duration_ms_cel('self.timeout')} <= "
+                    f"{int(MAX_SUPERVISION_TIMEOUT / timedelta(milliseconds=1))})",
+                    "message": "spec.supervision.timeout must be more than 0s and at most 24h: write a duration "
+                    "such as 90s (at least two spec.analysis.interval), or remove it to turn supervision off",
+                    "fieldPath": ".timeout",
+                }
+            ]
+        }
+    )
+
+    timeout: Optional[Duration] = Field(
+        None,
+        description=(
+            "How long the strategy trades without a supervised scrape before it goes to safe mode, e.g. 90s; "
+            f"at least {SUPERVISION_INTERVALS} x spec.analysis.interval, at most 24h. Absent: no supervision."
+        ),
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _bounded(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not timedelta(0) < parse_duration(value) <= MAX_SUPERVISION_TIMEOUT:
+            raise ValueError(
+                f"spec.supervision.timeout: {value!r} must be more than 0s and at most 24h: write a duration "
+                "such as 90s (at least two spec.analysis.interval), or remove it to turn supervision off"
+            )
+        return value
+
+    @property
+    def timeout_delta(self) -> Optional[timedelta]:
+        return parse_duration(self.timeout) if self.timeout is not None else None
+
+
 class Emergency(ApiModel):
     stop_orders_timeout: Duration = Field("30s", description="Step 1, stop order acceptance.")
     cancel_orders_timeout: Duration = Field("60s", description="Step 2, cancel pending orders.")
@@ -504,6 +554,29 @@ class StrategySpec(ApiModel):
                 },
                 {
                     "rule": (
+                        f"!({_SUPERVISED}) || !self.supervision.timeout.matches('{DURATION_PATTERN}')"
+                        f" || !self.analysis.interval.matches('{DURATION_PATTERN}')"
+                        f" || {duration_ms_cel('self.supervision.timeout')}"
+                        f" >= {SUPERVISION_INTERVALS} * {duration_ms_cel('self.analysis.interval')}"
+                    ),
+                    "message": (
+                        f"spec.supervision.timeout must be at least {SUPERVISION_INTERVALS} x spec.analysis.interval"
+                        " (a supervised scrape comes once per interval): raise spec.supervision.timeout"
+                        " or shorten spec.analysis.interval"
+                    ),
+                    "fieldPath": ".supervision.timeout",
+                },
+                {
+                    "rule": f"!({_SUPERVISED}) || self.analysis.source != 'prometheus'",
+                    "message": (
+                        "spec.supervision.timeout needs spec.analysis.source: scrape (with prometheus the operator"
+                        " never contacts the pod, so supervision would always lapse): use source scrape"
+                        " or remove spec.supervision"
+                    ),
+                    "fieldPath": ".supervision.timeout",
+                },
+                {
+                    "rule": (
                         "!self.phases.exists(p, p.mode == 'live')"
                         " || has(self.riskLimits.maxDrawdown) || has(self.riskLimits.maxDailyLoss)"
                     ),
@@ -536,6 +609,9 @@ class StrategySpec(ApiModel):
     emergency: Emergency = Field(default_factory=Emergency)
     network_policy: NetworkPolicySpec = Field(
         default_factory=NetworkPolicySpec, description="An ingress NetworkPolicy for the strategy's pods (off by default)."
+    )
+    supervision: Optional[Supervision] = Field(
+        None, description="The strategy's dead-man's switch on the operator's scrapes (off when absent)."
     )
     termination_grace_period: Duration = Field(
         "90s", description="SIGTERM to SIGKILL: stop orders, cancel pending orders, checkpoint, disconnect."
@@ -592,6 +668,34 @@ class StrategySpec(ApiModel):
                 "spec.riskLimits: a strategy with a live phase needs maxDrawdown or maxDailyLoss"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_supervision(self) -> StrategySpec:
+        # The model's copy of the two CEL rules on spec.supervision.timeout above.
+        timeout = self.supervision_timeout
+        if timeout is None:
+            return self
+        problems = []  # both, as the apiserver reports both rules
+        if self.analysis.source == MetricsSourceType.PROMETHEUS:
+            problems.append(
+                "spec.supervision.timeout needs spec.analysis.source: scrape (with prometheus the operator never "
+                "contacts the pod, so supervision would always lapse): use source scrape or remove spec.supervision"
+            )
+        least = SUPERVISION_INTERVALS * self.evaluation_interval
+        if timeout < least:
+            problems.append(
+                f"spec.supervision.timeout: {format_duration(timeout)} is shorter than {SUPERVISION_INTERVALS} x "
+                f"spec.analysis.interval ({self.analysis.interval}; a supervised scrape comes once per interval): "
+                f"raise spec.supervision.timeout to {format_duration(least)} or more, or shorten spec.analysis.interval"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def supervision_timeout(self) -> Optional[timedelta]:
+        """None when the strategy is not supervised."""
+        return self.supervision.timeout_delta if self.supervision is not None else None
 
     @property
     def grace_period(self) -> timedelta:

@@ -218,7 +218,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             sources[key] = make_source(spec, session=scrapes)
         return sources[key]
 
-    handlers.RECONCILER = Reconciler(kube, source_for)
+    identity = election.identity if election is not None else leader.default_identity()
+    handlers.RECONCILER = Reconciler(kube, source_for, identity=identity)
     _state["api"] = api
     if _state.get("metrics_port"):
         _state["runner"] = await _metrics_app(_state["metrics_port"])

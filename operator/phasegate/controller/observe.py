@@ -85,8 +85,8 @@ def starting(spec: StrategySpec, status: StrategyStatus, now: datetime, sts: Opt
 
 
 async def read_metrics(
-    source: MetricsSource, owner: Owner, spec: StrategySpec, status: StrategyStatus, now: datetime,
-    pod: Optional[PodView], sts: Optional[StatefulSetView],
+    kube: Kube, source: MetricsSource, owner: Owner, spec: StrategySpec, status: StrategyStatus, now: datetime,
+    pod: Optional[PodView], sts: Optional[StatefulSetView], supervisor: str = "",
 ) -> dict[str, Any]:
     pod_name = f"{owner.name}-0"
     read_id = uuid.uuid4().hex
@@ -98,6 +98,11 @@ async def read_metrics(
             # A roll stops the old pod before it starts the new one: a start-up, not a failure (and not a pass).
             return {"starting": True}
         return {"metrics_error": f"strategy pod {pod_name} is not running and ready", "read_id": read_id}
+    supervision = spec.supervision_timeout
+    if supervision is not None:
+        # A supervised scrape extends the pod's licence to trade, as a write would: only the
+        # leader may give it, so it is fenced like one (NotLeading abandons the pass).
+        kube.fence("supervise", f"Pod {owner.namespace}/{pod_name}")
     target = ScrapeTarget(
         namespace=owner.namespace,
         strategy=owner.name,
@@ -107,6 +112,8 @@ async def read_metrics(
         path="/metrics",
         timeout_seconds=spec_timeout(spec),
         now=now,
+        supervisor=supervisor if supervision is not None else "",
+        supervision_deadline=now + supervision if supervision is not None else None,
     )
     try:
         snap = await source.read(target)
@@ -193,6 +200,7 @@ async def observe(
     pod: Optional[PodView],
     sts: Optional[StatefulSetView],
     carry: Optional[Observation] = None,
+    supervisor: str = "phasegate",
 ) -> Observation:
     """Everything the decision needs. The pod and StatefulSet come from the watch caches
     (controller/cache.py). `carry` is an earlier observation of this pass (a 409 retry): its
@@ -210,5 +218,5 @@ async def observe(
         for key in ("metrics", "metrics_error", "read_id", "pod", "starting"):
             found[key] = getattr(carry, key)
     elif phase is not None and phase.mode is not Mode.BACKTEST and read_metrics_now and source is not None and not stopped:
-        found.update(await read_metrics(source, owner, spec, status, now, pod, sts))
+        found.update(await read_metrics(kube, source, owner, spec, status, now, pod, sts, supervisor))
     return Observation(**found)

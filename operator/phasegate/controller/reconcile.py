@@ -159,10 +159,13 @@ def spec_to_guard_with(body: dict[str, Any], status: StrategyStatus) -> tuple[Op
 class Reconciler:
     def __init__(
         self, kube: Kube, source_for: Callable[[StrategySpec], MetricsSource], clock: Callable[[], datetime] = utcnow,
+        identity: str = "phasegate",
     ) -> None:
         self.kube = kube
         self.source_for = source_for
         self.clock = clock
+        # Sent to supervised strategy pods with each scrape (spec.supervision): who supervises.
+        self.identity = identity
 
     async def reconcile(
         self,
@@ -210,6 +213,7 @@ class Reconciler:
             pod=pod,
             sts=sts,
             carry=carry,
+            supervisor=self.identity,
         )
         if observing is not None:
             observing(False)

@@ -35,8 +35,11 @@ def _fraction_text(value: Decimal) -> str:
     return format(value.normalize(), "f") if value else "0"
 
 
-def pod_environment(spec: StrategySpec, status: StrategyStatus, name: str, mode: Optional[str] = None) -> list[dict[str, Any]]:
-    """The contract of docs/architecture.md, followed by the user's own env."""
+def pod_environment(
+    spec: StrategySpec, status: StrategyStatus, name: str, mode: Optional[str] = None, *, supervised: bool = False,
+) -> list[dict[str, Any]]:
+    """The contract of docs/architecture.md, followed by the user's own env. `supervised`: the
+    strategy pod, which the operator scrapes (Jobs are never scraped, so never supervised)."""
     phase = spec.phase_named(status.phase) or spec.phases[0]
     mode = mode or phase.mode.value
     live = phase.mode is Mode.LIVE
@@ -54,6 +57,8 @@ def pod_environment(spec: StrategySpec, status: StrategyStatus, name: str, mode:
         {"name": contract.ENV_ACCOUNT, "value": spec.account},
         {"name": contract.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
+    if supervised and spec.supervision is not None and spec.supervision.timeout is not None:
+        env.append({"name": contract.ENV_SUPERVISION_TIMEOUT, "value": spec.supervision.timeout})
     for e in spec.template.env or []:
         env.append(e.wire())
     return env
@@ -123,7 +128,7 @@ def _capital_text(spec: StrategySpec, status: StrategyStatus) -> str:
 
 def statefulset(spec: StrategySpec, status: StrategyStatus, owner: Owner) -> dict[str, Any]:
     """One replica at most, ever: a StatefulSet never runs two pods of one ordinal (safety rule 1)."""
-    env = pod_environment(spec, status, owner.name)
+    env = pod_environment(spec, status, owner.name, supervised=True)
     pod_labels = labels(owner, "strategy")
     return {
         "apiVersion": "apps/v1",

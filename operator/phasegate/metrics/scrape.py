@@ -69,7 +69,8 @@ class ScrapeSource:
 
     async def _fetch(self, session: aiohttp.ClientSession, target: ScrapeTarget) -> str:
         timeout = aiohttp.ClientTimeout(total=target.timeout_seconds)
-        async with session.get(target.url, headers={"Accept": ACCEPT}, timeout=timeout) as resp:
+        headers = {"Accept": ACCEPT, **target.supervision_headers()}
+        async with session.get(target.url, headers=headers, timeout=timeout) as resp:
             if resp.status != 200:
                 raise MetricsUnavailable(f"HTTP {resp.status} from {target.url}")
             body = bytearray()

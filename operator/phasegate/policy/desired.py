@@ -45,6 +45,9 @@ def desired_key(spec: StrategySpec, status: StrategyStatus) -> str:
         "template": spec.template.wire(),
         "grace": spec.termination_grace_period,
     }
+    if spec.supervision is not None and spec.supervision.timeout is not None:
+        # Only when set: the digest of an unsupervised strategy stays what it was (no roll).
+        body["supervision"] = spec.supervision.timeout
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -20,6 +20,7 @@ Modules, one concern each:
     shadow       signal alignment against a replay of the backtest
     quality      execution quality and slippage
     exporter     the Prometheus metrics and their HTTP server
+    supervision  the dead-man's switch: safe mode when the operator's supervised scrapes stop
     checkpoint   atomic checkpoints
     shutdown     the SIGTERM sequence and its stable step names
     backtest     backtests, walk-forward windows, Monte Carlo

@@ -23,6 +23,7 @@ from .reconcile import Reconciliation, reconcile
 from .shadow import ShadowReplay
 from .sizing import PositionSizer
 from .strategy import Strategy, TradingContext
+from .supervision import SupervisionGuard
 
 
 class TradingEngine:
@@ -38,6 +39,7 @@ class TradingEngine:
         breakers: BreakerBoard | None = None,
         sizer: PositionSizer | None = None,
         shadow: ShadowReplay | None = None,
+        supervision: SupervisionGuard | None = None,
     ) -> None:
         self.strategy = strategy
         self.broker = broker
@@ -50,7 +52,7 @@ class TradingEngine:
         self.sizer = sizer or PositionSizer()
         self.shadow = shadow
         self.quality = ExecutionQuality()
-        self.gate = OrderGate(broker, self.breakers, self.metrics, clock, log)
+        self.gate = OrderGate(broker, self.breakers, self.metrics, clock, log, supervision=supervision)
         self.prices: dict[str, Decimal] = {}
         self.last_reconciliation: Reconciliation | None = None
         self.bars = 0

@@ -11,11 +11,12 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 
-from phasegate.api import contract
+from phasegate.api import contract, parse_duration
 
 from .money import D
 
@@ -71,6 +72,8 @@ class RuntimeConfig:
     termination_message_path: Path
     account: str | None = None
     """The broker account name (PHASEGATE_ACCOUNT), logged only: the paper broker has no accounts."""
+    supervision_timeout: timedelta | None = None
+    """PHASEGATE_SUPERVISION_TIMEOUT: supervised scrapes are expected from the start (sdk/supervision.py)."""
 
     @property
     def book(self) -> str:
@@ -224,6 +227,20 @@ def load_config(environ: Mapping[str, str] | None = None) -> RuntimeConfig:
 
     termination = Path(text(contract.ENV_TERMINATION_MESSAGE_PATH) or contract.DEFAULT_TERMINATION_MESSAGE_PATH)
 
+    supervision: timedelta | None = None
+    raw_supervision = text(contract.ENV_SUPERVISION_TIMEOUT)
+    if raw_supervision is not None:
+        try:
+            supervision = parse_duration(raw_supervision)
+        except ValueError as exc:
+            problems.append(f"{contract.ENV_SUPERVISION_TIMEOUT}={raw_supervision!r}: {exc}; the operator sets it "
+                            "from spec.supervision.timeout (unset it to run without supervision)")
+        else:
+            if supervision <= timedelta(0):
+                problems.append(f"{contract.ENV_SUPERVISION_TIMEOUT}={raw_supervision!r} must be more than 0s, "
+                                "e.g. 90s (unset it to run without supervision)")
+                supervision = None
+
     if problems:
         raise ConfigError(problems)
     assert strategy and phase and mode is not None
@@ -239,6 +256,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> RuntimeConfig:
         bind_address=bind,
         termination_message_path=termination,
         account=text(contract.ENV_ACCOUNT),
+        supervision_timeout=supervision,
     )
 
 

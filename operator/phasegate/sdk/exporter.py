@@ -7,7 +7,7 @@ and a running strategy in one process never share counters.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -51,6 +51,20 @@ class StrategyMetrics:
             contract.M_EXECUTION_QUALITY, "Share of orders filled in full, in time, within tolerance.", registry=r
         )
         self.slippage_bps = Gauge(contract.M_SLIPPAGE_BPS, "Mean fill slippage vs arrival price, bps.", registry=r)
+        self.supervision_safe_mode = Gauge(
+            contract.M_SUPERVISION_SAFE_MODE, "1 while supervision has lapsed: no new exposure, reduce-only.", registry=r
+        )
+        self.supervision_safe_mode_entries = Counter(
+            contract.M_SUPERVISION_SAFE_MODE_ENTRIES, "Entries into safe mode (the supervision deadline passed).",
+            registry=r,
+        )
+        self.supervision_safe_mode_exits = Counter(
+            contract.M_SUPERVISION_SAFE_MODE_EXITS, "Returns to normal trading on a supervised contact.", registry=r
+        )
+        self.supervision_deadline = Gauge(
+            contract.M_SUPERVISION_DEADLINE, "Deadline of the last supervised contact, Unix seconds (0: none).",
+            registry=r,
+        )
         # Every breaker type exists from the start at 0, so "no trip" reads as 0, not as missing.
         for kind in BreakerType:
             self.breaker_trips.labels(breaker_type=kind.value)
@@ -85,6 +99,9 @@ class MetricsServer:
     port: int
     health: Callable[[], dict] = lambda: {"status": "ok"}
     routes: list[Route] = field(default_factory=list)
+    # Called with each /metrics request's headers before the exposition is generated: the
+    # operator's scrape is the supervision contact (sdk/supervision.py).
+    on_scrape: Callable[[Mapping[str, str]], None] | None = None
     _runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -108,6 +125,8 @@ class MetricsServer:
             self._runner = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.on_scrape is not None:
+            self.on_scrape(request.headers)
         body = self.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -25,7 +25,7 @@ from typing import Any
 from phasegate.api import contract
 
 from .breakers import BreakerBoard, BreakerLimits
-from .broker import CostModel, OrderRequest, PaperBroker, Side
+from .broker import BrokerError, CostModel, OrderRequest, PaperBroker, Side
 from .checkpoint import Checkpoint, CheckpointCorrupt, CheckpointStore
 from .clock import Clock, ManualClock, SystemClock, isoformat
 from .engine import TradingEngine
@@ -47,6 +47,7 @@ from .shutdown import (
 )
 from .sizing import PositionSizer
 from .strategy import Signals, Strategy, TradingContext
+from .supervision import Supervision, SupervisionGuard
 from .termination import write_termination_message
 
 EXIT_OK = 0
@@ -113,6 +114,8 @@ class StrategyRuntime:
         self._stop: asyncio.Event | None = None
         self._signal: str | None = None
         self._trading: asyncio.Task | None = None
+        self._supervising: asyncio.Task | None = None
+        self.supervision: SupervisionGuard | None = None
         self._started_at = time.monotonic()
 
     # --- entry --------------------------------------------------------------------
@@ -233,9 +236,16 @@ class StrategyRuntime:
         # Order ids carry the start time so that ids never repeat across restarts.
         prefix = f"{config.strategy}-{self.clock.now().strftime('%Y%m%dT%H%M%S%f')}"
         broker = PaperBroker(self.clock, account, self.app.costs, order_prefix=prefix)
+        # Supervision runs from here: with a timeout in the env, a first supervised scrape
+        # is due within it, counted from the start of trading.
+        self.supervision = SupervisionGuard(
+            Supervision(config.supervision_timeout, self.clock.now()), self.metrics, self.log,
+            on_safe=self._cancel_working_orders,
+        )
         self.engine = TradingEngine(
             strategy, broker, local, config.capital, self.clock, self.log,
             metrics=self.metrics, breakers=BreakerBoard(self.app.limits), sizer=self.app.sizer, shadow=shadow,
+            supervision=self.supervision,
         )
         # The book is valued at the last prices seen, until the first bar brings new ones.
         self.engine.prices.update(money_from_json(self._state.get("prices")))
@@ -244,9 +254,37 @@ class StrategyRuntime:
                 self.engine.warm_up(frame)
         self.engine.publish()
 
+    def _cancel_working_orders(self) -> int:
+        """Safe mode's first act. A broker already closed (shutdown under way) has none left."""
+        if self.engine is None:
+            return 0
+        try:
+            return self.engine.cancel_pending()
+        except BrokerError:
+            return 0
+
+    async def _supervision_loop(self) -> None:
+        """Enters safe mode the moment the deadline passes, whatever the bar interval: the
+        order gate checks on every order too, this is for cancelling what is working."""
+        assert self._stop is not None and self.supervision is not None
+        while not self._stop.is_set():
+            self.supervision.check(self.clock.now())
+            left = self.supervision.supervision.seconds_left(self.clock.now())
+            wait = 1.0 if left is None or left == 0 else min(max(left, 0.01), 1.0)
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+    def _on_scrape(self, headers: Mapping[str, str]) -> None:
+        if self.supervision is not None:
+            self.supervision.on_scrape(headers, self.clock.now())
+
     def health(self) -> dict:
         engine = self.engine
+        sup = self.supervision.supervision if self.supervision is not None else None
         return {
+            "supervision": sup.mode.value if sup is not None else None,
             "status": "stopping" if self._signal else "ok",
             "strategy": self.config.strategy,
             "mode": self.config.mode.value,
@@ -273,7 +311,7 @@ class StrategyRuntime:
         self._build_engine()
         assert self.engine is not None
         self.server = MetricsServer(self.metrics, config.bind_address, config.metrics_port, self.health,
-                                    self.app.routes(self))
+                                    self.app.routes(self), on_scrape=self._on_scrape)
         try:
             await self.server.start()
         except OSError as exc:
@@ -291,6 +329,7 @@ class StrategyRuntime:
             bar_seconds=self.app.bar_seconds,
             restored_sequence=self.restored.sequence if self.restored else None,
             metrics=f"http://{config.bind_address}:{self.server.port}/metrics",
+            supervision_timeout_s=config.supervision_timeout.total_seconds() if config.supervision_timeout else None,
         )
         if config.mode is RunMode.LIVE:
             self.log.warning(
@@ -312,6 +351,7 @@ class StrategyRuntime:
         if self.app.on_started is not None:
             self.app.on_started(self)
         self._trading = asyncio.create_task(self._trading_loop())
+        self._supervising = asyncio.create_task(self._supervision_loop())
         stop_wait = asyncio.create_task(self._stop.wait())
         await asyncio.wait({self._trading, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         crashed = None
@@ -321,6 +361,8 @@ class StrategyRuntime:
             self._signal = self._signal or "internal-error"
         stop_wait.cancel()
         ok = await self._shutdown(self._signal or "unknown")
+        if self._supervising is not None:
+            self._supervising.cancel()
         return EXIT_FAILED if crashed is not None or not ok else EXIT_OK
 
     async def _trading_loop(self) -> None:
@@ -370,6 +412,7 @@ class StrategyRuntime:
             positions=len(engine.book.positions),
             signal_alignment=engine.shadow.alignment.ratio if engine.shadow else None,
             breakers_tripped=[t.breaker_type.value for t in engine.breakers.trips],
+            supervision=self.supervision.supervision.mode.value if self.supervision is not None else None,
         )
 
     async def _shutdown(self, signal_name: str) -> bool:
