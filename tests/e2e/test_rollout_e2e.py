@@ -260,8 +260,11 @@ def test_a_deleted_strategy_leaves_no_series_behind_and_the_phase_gauge_has_one(
 
     ts.api.delete_namespaced_custom_object("phasegate.dev", "v1alpha1", namespace, "tradingstrategies", "doomed")
     wait_for(lambda: "doomed" not in _series_of(op, namespace), 30, "no series of the deleted strategy", interval=0.5)
-    items = lambda: ts.api.list_namespaced_custom_object("phasegate.dev", "v1alpha1", namespace, "tradingstrategies")["items"]
-    wait_for(lambda: [i["metadata"]["name"] for i in items()] == ["bystander"], 30, "the strategy gone")
+    def names() -> list[str]:
+        items = ts.api.list_namespaced_custom_object("phasegate.dev", "v1alpha1", namespace, "tradingstrategies")["items"]
+        return [i["metadata"]["name"] for i in items]
+
+    wait_for(lambda: names() == ["bystander"], 30, "the strategy gone")
     time.sleep(2.0)  # a late pass of the deleted strategy's loop would export again
     series = _series_of(op, namespace)
     assert "doomed" not in series, series.get("doomed")
