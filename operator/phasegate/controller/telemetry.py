@@ -87,21 +87,30 @@ def _series_of(metric: Any, labels: tuple[str, ...], namespace: str, name: str) 
     return out
 
 
+_PHASE_LABELS: dict[tuple[str, str], tuple[str, str]] = {}
+"""The (phase, state) of each strategy's one phase series: set_phase runs on every pass, so it
+looks up the series to replace here rather than scanning the gauge."""
+
+
 def set_phase(namespace: str, name: str, phase: str, state: str, index: int) -> None:
     """The phase gauge with exactly one series per strategy: the one it is in now. Its
     phase and state are labels, so a strategy that moved would otherwise leave every label
     set it has been in behind, each still saying its old index."""
-    STRATEGY_PHASE.labels(namespace, name, phase, state).set(index)
-    current = (namespace, name, phase, state)
-    for values in _series_of(STRATEGY_PHASE, ("namespace", "strategy", "phase", "state"), namespace, name):
-        if values != current:
-            STRATEGY_PHASE.remove(*values)
+    STRATEGY_PHASE.labels(namespace, name, phase, state).set(index)  # the new one first: no scrape sees none
+    previous = _PHASE_LABELS.get((namespace, name))
+    _PHASE_LABELS[(namespace, name)] = (phase, state)
+    if previous is not None and previous != (phase, state):
+        try:
+            STRATEGY_PHASE.remove(namespace, name, *previous)
+        except KeyError:  # forgotten meanwhile
+            pass
 
 
 def forget_strategy(namespace: str, name: str) -> None:
     """Removes every series of a strategy no longer watched (deleted): without this a
     deleted strategy kept exporting its last values until the operator restarted, and a
     deleted halted one kept PhasegateStrategyHalted firing."""
+    _PHASE_LABELS.pop((namespace, name), None)
     for metric, labels in PER_STRATEGY:
         for values in _series_of(metric, labels, namespace, name):
             try:
