@@ -90,8 +90,12 @@ test-e2e: venv binaries prometheus ## End-to-end tests only.
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: venv binaries ## Benchmarks (halt latency, breach-to-halt); prints their figures.
+bench: venv binaries ## Benchmarks (halt latency, breach-to-halt, leader failover); prints their figures.
 	$(PY) -m benchmarks.run
+
+.PHONY: bench-failover
+bench-failover: venv binaries ## The leader-failover benchmark alone (BENCH_FAILOVERS=10 per series; about 6 minutes).
+	$(PY) -m benchmarks.failover
 
 ##@ Demo
 

@@ -1,4 +1,6 @@
-"""`make bench`: halt latency (operator vs floor) and breach-to-halt latency.
+"""`make bench`: halt latency (operator vs floor), breach-to-halt latency, and leader failover
+(benchmarks/failover.py: SIGKILL the leader, until the standby reconciles and until a halt
+written meanwhile is executed; `BENCH_FAILOVERS=0` skips it).
 
 Prints a table of p50/p99 per path and the ratios; also writes .state/bench/results.json.
 Runs against the local control plane (started if needed, left as found).
@@ -22,6 +24,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from kubernetes import client, config  # noqa: E402
 
+from benchmarks.failover import FAILOVERS, failover, print_table  # noqa: E402
 from benchmarks.halt_latency import measure, summary  # noqa: E402
 
 import localcluster  # noqa: E402
@@ -195,6 +198,10 @@ def main() -> int:
         ops.append(op2)
         log(f"measuring breach-to-halt over {BREACHES} real strategy processes")
         results["breach"] = breach_to_halt(api, kubeconfig, breach_ns, BREACHES)
+        for op in ops:  # their strategies stay, idle: the failover operators watch their own namespace
+            op.stop()
+        if FAILOVERS > 0:
+            results["failover"] = failover(api, kubeconfig, out_dir, FAILOVERS)
     finally:
         for op in ops:
             op.stop()
@@ -216,6 +223,8 @@ def main() -> int:
     print(f"\nhalt latency, operator / floor: p50 x{results['ratio_p50']}, p99 x{results['ratio_p99']}"
           f"  (goal: ratio <= 2, operator p99 < 500 ms; {STRATEGIES} strategies under management)")
     print(f"operator's mean reconcile time by trigger (ms): {results['operator_reconcile']}")
+    if "failover" in results:
+        print_table(results["failover"])
     print(f"results: {out_dir / 'results.json'}")
     return 0
 

@@ -73,10 +73,10 @@ def _row(title: str) -> dict[str, Any]:
 STRATEGY = "{{namespace}}/{{pod}}"
 """Legend of a strategy pod's own series (labels of kubernetes_sd pod relabelling)."""
 
-# The operator's series carry `strategy`; their `namespace` is the strategy's (or
-# `exported_namespace` when the scrape job attaches its own `namespace` target label).
-# `without (phase, state)`: the phase gauge keeps a series per phase and state it has
-# been in, the highest index is the current one while the ladder only climbs.
+# The operator's series carry `strategy` and the strategy's own `namespace` (scraped with
+# honor_labels: the chart's ServiceMonitor sets honorLabels). `without (phase, state)`: the
+# phase gauge has one series per strategy, the phase and state it is in; the panel shows
+# the index alone.
 PANELS: list[tuple[int, dict[str, Any]]] = [
     (24, _row("Strategies (their own metrics)")),
     (12, _panel("Portfolio value", [("sum by (namespace, pod) (strategy_portfolio_value)", STRATEGY)],
@@ -132,6 +132,27 @@ PANELS: list[tuple[int, dict[str, Any]]] = [
         ("sum by (strategy) (rate(phasegate_metrics_read_errors_total[$__rate_interval]))", "{{strategy}}"),
         ("sum(rate(phasegate_status_conflicts_total[$__rate_interval]))", "status conflicts"),
     ], unit="ops", description="Failed reads count towards metricsFailure.pauseAfter / haltAfter.")),
+    (8, _panel("Leader", [("phasegate_leader", "{{identity}}")], kind="state-timeline",
+               description="1 on the replica holding the leader Lease, the only one that acts "
+                           "(PhasegateNoLeader fires when no replica does for 1 minute).",
+               extra={"fieldConfig": {"defaults": {"unit": "short", "mappings": [
+                   {"type": "value", "options": {"0": {"text": "standby", "color": "blue"},
+                                                 "1": {"text": "leading", "color": "green"}}}]},
+                   "overrides": []}})),
+    (8, _panel("Since last evaluation", [
+        ("min by (namespace, strategy) (timestamp(phasegate_strategy_last_evaluation_timestamp_seconds)"
+         " - phasegate_strategy_last_evaluation_timestamp_seconds)", "{{namespace}}/{{strategy}}"),
+        ("max by (namespace, strategy) (3 * phasegate_strategy_evaluation_interval_seconds)",
+         "{{namespace}}/{{strategy}} 3 intervals"),
+    ], unit="s", description="Age of each strategy's last completed evaluation when scraped, and 3 of its "
+                             "intervals: PhasegateStrategyNotEvaluated fires above that line.")),
+    (8, _panel("Evaluation lag", [
+        ("histogram_quantile(0.99, sum by (le) (rate(phasegate_evaluation_lag_seconds_bucket[$__rate_interval])))",
+         "p99"),
+        ("histogram_quantile(0.5, sum by (le) (rate(phasegate_evaluation_lag_seconds_bucket[$__rate_interval])))",
+         "p50"),
+    ], unit="s", description="How late evaluations start after they are due. PhasegateEvaluationLagging fires "
+                             "when p99 stays above 5 s for 10 minutes: the operator is overloaded.")),
 ]
 
 

@@ -7,6 +7,11 @@ served from this process after a pass's worth of values is set in it) under job
 `phasegate-metrics`. Every dashboard expression must then return data; so must every alert
 expression with its threshold taken off (the comparison), except those that need more
 history than a test has (`offset 2h`).
+
+The operator's target carries the label `namespace="phasegate-system"`, as kubernetes_sd
+gives the chart's ServiceMonitor (the operator's own namespace), and is scraped with
+honor_labels as the ServiceMonitor's honorLabels: the strategy's `namespace` on the
+operator's series must survive the scrape.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ pytestmark = pytest.mark.prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m"}
+OPERATOR_NAMESPACE = "phasegate-system"
 
 
 def _get(url: str) -> Any:
@@ -81,13 +87,17 @@ def scraped(tmp_path):
     telemetry.METRICS_READ_ERRORS.labels("trading", "momentum")
     telemetry.RECONCILE_ERRORS.labels("ApiException")
     telemetry.STATUS_CONFLICTS.inc(0)
+    telemetry.LEADER.labels("phasegate-test").set(1)
+    telemetry.LAST_EVALUATION.labels("trading", "momentum").set(time.time())
+    telemetry.EVALUATION_INTERVAL.labels("trading", "momentum").set(1)
     server, thread = start_http_server(operator_port, addr="127.0.0.1", registry=telemetry.REGISTRY)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
         "scrape_configs": [
             {"job_name": "phasegate-strategies", "static_configs": [
                 {"targets": [f"127.0.0.1:{strategy_port}"], "labels": {"namespace": "trading", "pod": "momentum-0"}}]},
-            {"job_name": "phasegate-metrics", "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}]},
+            {"job_name": "phasegate-metrics", "honor_labels": True, "static_configs": [
+                {"targets": [f"127.0.0.1:{operator_port}"], "labels": {"namespace": OPERATOR_NAMESPACE}}]},
         ],
     }
     cfg = tmp_path / "prometheus.yml"
@@ -113,6 +123,8 @@ def scraped(tmp_path):
             while time.monotonic() < stop_ticking:
                 telemetry.RECONCILE_SECONDS.labels("interval").observe(0.02)
                 telemetry.RECONCILE_SECONDS.labels("event").observe(0.01)
+                telemetry.EVALUATION_LAG.observe(0.03)
+                telemetry.LAST_EVALUATION.labels("trading", "momentum").set(time.time())
                 time.sleep(0.2)
 
         threading.Thread(target=observe, daemon=True).start()
@@ -180,3 +192,24 @@ def test_every_dashboard_and_alert_expression_returns_data(scraped):
     assert 0.05 <= float(p95["value"][1]) <= 0.25, p95  # the fake strategy's 0.1 s
     (fraction,) = _query(scraped, "phasegate_strategy_capital_fraction")
     assert float(fraction["value"][1]) == 0.1
+
+
+@pytest.mark.timeout(120)
+def test_the_operators_series_keep_the_strategys_namespace_through_the_scrape(scraped):
+    """honor_labels: the target's namespace (the operator's) does not replace the strategy's."""
+    _wait("the operator's series scraped", lambda: _query(scraped, "phasegate_strategy_halted"))
+    for name in ("phasegate_strategy_halted", "phasegate_strategy_capital_fraction",
+                 "phasegate_strategy_phase_index", "phasegate_strategy_last_evaluation_timestamp_seconds"):
+        (series,) = _query(scraped, name)
+        labels = series["metric"]
+        assert labels.get("namespace") == "trading" and labels.get("strategy") == "momentum", labels
+        assert "exported_namespace" not in labels, labels
+    # a series without its own namespace takes the target's, as any other target's would
+    (up,) = _query(scraped, 'up{job="phasegate-metrics"}')
+    assert up["metric"]["namespace"] == OPERATOR_NAMESPACE
+    # the per-strategy alert reads the strategy's namespace
+    age_expr = _alert_exprs_without_threshold()["PhasegateStrategyNotEvaluated"]
+    (age,) = _query(scraped, age_expr)
+    assert age["metric"] == {"namespace": "trading", "strategy": "momentum"}
+    # evaluated every 0.2 s from now on: soon younger than 3 of its 1 s intervals at every scrape
+    _wait("a fresh evaluation scraped", lambda: float(_query(scraped, age_expr)[0]["value"][1]) < 1.0, 30)

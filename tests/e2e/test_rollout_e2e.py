@@ -218,3 +218,54 @@ def test_a_template_change_rolls_the_pod_without_a_transition(op, ts, namespace)
 
     wait_for(rolled, 20, "the StatefulSet carrying the new env")
     assert ts.status("retemplated")["historySeq"] == seq
+
+
+def _series_of(op, namespace: str) -> dict[str, list[dict[str, str]]]:
+    """The operator's /metrics samples for strategies of this test's namespace, by name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[dict[str, str]]] = {}
+    for family in text_string_to_metric_families(op.metrics_text()):
+        for s in family.samples:
+            if s.labels.get("namespace") == namespace:
+                out.setdefault(s.labels["strategy"], []).append({"sample": s.name, **s.labels, "value": str(s.value)})
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_a_deleted_strategy_leaves_no_series_behind_and_the_phase_gauge_has_one(op, ts, namespace):
+    """A deleted halted strategy kept phasegate_strategy_halted 1 (and PhasegateStrategyHalted
+    firing) until the operator restarted; every phase it had been in kept a series."""
+    ts.create(plans.strategy("doomed", max_fraction=0.10))
+    ts.create(plans.strategy("bystander", max_fraction=0.10))
+    for name in ("doomed", "bystander"):
+        ts.wait(name, lambda s: s.get("phase") == "live-10", 90, "live-10")
+    ts.set_condition("doomed", "CircuitBreakerTripped", "True", "DeskKillSwitch", "venue outage")
+    ts.wait("doomed", lambda s: s.get("state") == "Halted", 15, "Halted")
+
+    def halted_exported():
+        mine = _series_of(op, namespace).get("doomed", [])
+        return mine if any(s["sample"] == "phasegate_strategy_halted" and s["value"] == "1.0" for s in mine) else None
+
+    mine = wait_for(halted_exported, 15, "phasegate_strategy_halted 1 for the halted strategy")
+    names = {s["sample"] for s in mine}
+    assert {"phasegate_strategy_phase_index", "phasegate_strategy_capital_fraction", "phasegate_halts_total",
+            "phasegate_transitions_total", "phasegate_strategy_last_evaluation_timestamp_seconds",
+            "phasegate_strategy_evaluation_interval_seconds"} <= names, names
+    # paper, shadow and live-10 visited, then Halted: one phase series, the current one
+    (phase,) = [s for s in mine if s["sample"] == "phasegate_strategy_phase_index"]
+    assert (phase["phase"], phase["state"]) == ("live-10", "Halted"), phase
+    interval = [s for s in mine if s["sample"] == "phasegate_strategy_evaluation_interval_seconds"]
+    assert [s["value"] for s in interval] == ["1.0"]  # spec.analysis.interval 1s
+
+    ts.api.delete_namespaced_custom_object("phasegate.dev", "v1alpha1", namespace, "tradingstrategies", "doomed")
+    wait_for(lambda: "doomed" not in _series_of(op, namespace), 30, "no series of the deleted strategy", interval=0.5)
+    def names() -> list[str]:
+        items = ts.api.list_namespaced_custom_object("phasegate.dev", "v1alpha1", namespace, "tradingstrategies")["items"]
+        return [i["metadata"]["name"] for i in items]
+
+    wait_for(lambda: names() == ["bystander"], 30, "the strategy gone")
+    time.sleep(2.0)  # a late pass of the deleted strategy's loop would export again
+    series = _series_of(op, namespace)
+    assert "doomed" not in series, series.get("doomed")
+    assert any(s["sample"] == "phasegate_strategy_halted" and s["value"] == "0.0" for s in series["bystander"])

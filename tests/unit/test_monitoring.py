@@ -94,8 +94,18 @@ def test_the_alerts_the_issue_asks_for_are_there():
     assert {
         "CircuitBreakerTripped", "HighOrderLatency", "NoOrdersSubmitted",
         "PhasegateStrategyHalted", "PhasegateMetricsUnavailable", "PhasegateNotEvaluating",
-        "PhasegateOperatorDown",
+        "PhasegateOperatorDown", "PhasegateNoLeader", "PhasegateStrategyNotEvaluated", "PhasegateEvaluationLagging",
     } <= set(alerts)
+    assert (alerts["PhasegateNoLeader"]["for"], alerts["PhasegateNoLeader"]["labels"]["severity"]) == ("1m", "critical")
+    assert "max(phasegate_leader" in alerts["PhasegateNoLeader"]["expr"]
+    assert "absent(phasegate_leader" in alerts["PhasegateNoLeader"]["expr"]
+    not_evaluated = " ".join(alerts["PhasegateStrategyNotEvaluated"]["expr"].split())
+    assert "> 3 * max by (namespace, strategy) (phasegate_strategy_evaluation_interval_seconds)" in not_evaluated
+    lagging = alerts["PhasegateEvaluationLagging"]
+    assert (lagging["for"], lagging["labels"]["severity"]) == ("10m", "warning")
+    assert "histogram_quantile(0.99" in lagging["expr"] and "phasegate_evaluation_lag_seconds_bucket[5m]" in lagging["expr"]
+    assert lagging["expr"].rstrip().endswith("> 5")
+    assert "overloaded" in lagging["annotations"]["description"]
     assert alerts["HighOrderLatency"]["for"] == "5m"
     assert "histogram_quantile(0.95" in alerts["HighOrderLatency"]["expr"]
     assert "_bucket[" in alerts["HighOrderLatency"]["expr"]
@@ -163,6 +173,7 @@ def test_dashboard_has_the_panels_the_issue_asks_for():
     assert {
         "Portfolio value", "Orders per hour", "Circuit breaker trips", "Order latency p95",
         "Capital fraction", "Phase index", "Halted", "Halts by reason", "Reconcile time",
+        "Leader", "Since last evaluation", "Evaluation lag",
     } <= titles
     assert board["uid"] == "phasegate" and board["title"] == "phasegate"
     ids = [p["id"] for p in board["panels"]]
@@ -238,6 +249,8 @@ def test_the_ladder_and_operator_metrics_are_on_the_dashboard():
     text = " ".join(_dashboard_exprs())
     for name in ("phasegate_strategy_capital_fraction", "phasegate_strategy_phase_index", "phasegate_strategy_halted",
                  "phasegate_halts_total", "phasegate_reconcile_duration_seconds_bucket",
+                 "phasegate_leader", "phasegate_evaluation_lag_seconds_bucket",
+                 "phasegate_strategy_last_evaluation_timestamp_seconds", "phasegate_strategy_evaluation_interval_seconds",
                  contract.M_PORTFOLIO_VALUE, contract.M_ORDERS_SUBMITTED, contract.M_BREAKER_TRIPS,
                  contract.M_ORDER_LATENCY + "_bucket"):
         assert name in text, name

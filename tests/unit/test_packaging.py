@@ -594,6 +594,16 @@ def test_helm_template_renders_the_expected_objects(values: str):
     assert service["spec"]["selector"] == selector
 
 
+@needs_helm
+def test_helm_service_monitor_honours_the_operators_namespace_label():
+    """The operator's series name the strategy's namespace; the scrape must keep it."""
+    docs = _render("everything")
+    (sm,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+
+
 # --------------------------------------------------------------------------- alerts and dashboard
 
 

@@ -273,12 +273,10 @@ async def strategy_loop(
                 if completed:
                     me.last_evaluation = time.monotonic()
                     telemetry.LAST_EVALUATION.labels(namespace, name).set(time.time())
+                    telemetry.EVALUATION_INTERVAL.labels(namespace, name).set(me.interval)
             elif failed:
                 next_tick = min(next_tick, aio.time() + 1.0)  # a failed write is repaired soon, not next interval
     finally:
         LOOPS.pop((namespace, name), None)
-        try:
-            telemetry.LAST_EVALUATION.remove(namespace, name)
-        except KeyError:
-            pass
+        telemetry.forget_strategy(namespace, name)  # a deleted strategy exports nothing, halted or not
         log.info("stopped watching strategy")

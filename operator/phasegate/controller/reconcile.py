@@ -337,7 +337,7 @@ class Reconciler:
     def _export(ns: str, name: str, status: StrategyStatus, spec: StrategySpec) -> None:
         telemetry.STRATEGY_FRACTION.labels(ns, name).set(float(status.capital_fraction))
         telemetry.STRATEGY_HALTED.labels(ns, name).set(1 if any(h.kind in STOPPING_HOLDS for h in status.holds) else 0)
-        telemetry.STRATEGY_PHASE.labels(ns, name, status.phase, status.state.value).set(status.phase_index)
+        telemetry.set_phase(ns, name, status.phase, status.state.value, status.phase_index)
 
     async def _event(self, owner: Owner, entry: HistoryEntry) -> None:
         warning = entry.action.value in ("halt", "reduce", "pause", "fail", "emergency", "spec-invalid", "pod-refused")

@@ -4,31 +4,37 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-STRATEGY_PHASE = Gauge(
-    "phasegate_strategy_phase_index", "Index of the current phase in the strategy's ladder.",
-    ["namespace", "strategy", "phase", "state"], registry=REGISTRY,
+PER_STRATEGY: list[tuple[Any, tuple[str, ...]]] = []
+"""Every metric with a series per strategy, and its label names (namespace and strategy
+first): forget_strategy() removes all of a strategy's series from each of them."""
+
+
+def _per_strategy(kind: Any, name: str, doc: str, *extra: str) -> Any:
+    labels = ("namespace", "strategy", *extra)
+    metric = kind(name, doc, list(labels), registry=REGISTRY)
+    PER_STRATEGY.append((metric, labels))
+    return metric
+
+
+STRATEGY_PHASE = _per_strategy(
+    Gauge, "phasegate_strategy_phase_index", "Index of the current phase in the strategy's ladder.", "phase", "state",
 )
-STRATEGY_FRACTION = Gauge(
-    "phasegate_strategy_capital_fraction", "Fraction of capital the strategy may put at risk.",
-    ["namespace", "strategy"], registry=REGISTRY,
+STRATEGY_FRACTION = _per_strategy(
+    Gauge, "phasegate_strategy_capital_fraction", "Fraction of capital the strategy may put at risk.",
 )
-STRATEGY_HALTED = Gauge(
-    "phasegate_strategy_halted", "1 while the strategy is Halted or EmergencyStopped.",
-    ["namespace", "strategy"], registry=REGISTRY,
+STRATEGY_HALTED = _per_strategy(
+    Gauge, "phasegate_strategy_halted", "1 while the strategy is Halted or EmergencyStopped.",
 )
-TRANSITIONS = Counter(
-    "phasegate_transitions_total", "History entries written, by action.",
-    ["namespace", "strategy", "action"], registry=REGISTRY,
-)
-HALTS = Counter(
-    "phasegate_halts_total", "Halts, by the breaker or request that caused them.",
-    ["namespace", "strategy", "reason"], registry=REGISTRY,
+TRANSITIONS = _per_strategy(Counter, "phasegate_transitions_total", "History entries written, by action.", "action")
+HALTS = _per_strategy(
+    Counter, "phasegate_halts_total", "Halts, by the breaker or request that caused them.", "reason",
 )
 RECONCILE_SECONDS = Histogram(
     "phasegate_reconcile_duration_seconds", "Time of one reconcile (observe, decide, write, apply).",
@@ -39,9 +45,8 @@ RECONCILE_ERRORS = Counter(
     "phasegate_reconcile_errors_total", "Reconciles that raised, by exception type.",
     ["type"], registry=REGISTRY,
 )
-METRICS_READ_ERRORS = Counter(
-    "phasegate_metrics_read_errors_total", "Failed reads of a strategy's metrics.",
-    ["namespace", "strategy"], registry=REGISTRY,
+METRICS_READ_ERRORS = _per_strategy(
+    Counter, "phasegate_metrics_read_errors_total", "Failed reads of a strategy's metrics.",
 )
 STATUS_CONFLICTS = Counter(
     "phasegate_status_conflicts_total", "Status writes refused by resourceVersion (someone wrote first).",
@@ -56,11 +61,62 @@ FENCED_WRITES = Counter(
     "phasegate_fenced_writes_total", "Writes refused because this process was not the leader at that moment.",
     ["op"], registry=REGISTRY,
 )
-LAST_EVALUATION = Gauge(
-    "phasegate_strategy_last_evaluation_timestamp_seconds",
+LAST_EVALUATION = _per_strategy(
+    Gauge, "phasegate_strategy_last_evaluation_timestamp_seconds",
     "Unix time of the strategy's last completed evaluation (an interval pass of its loop, on the leader).",
-    ["namespace", "strategy"], registry=REGISTRY,
 )
+EVALUATION_INTERVAL = _per_strategy(
+    Gauge, "phasegate_strategy_evaluation_interval_seconds",
+    "The strategy's evaluation interval (spec.analysis.interval), seconds: PhasegateStrategyNotEvaluated "
+    "compares the age of its last evaluation with it.",
+)
+EVALUATION_LAG = Histogram(
+    "phasegate_evaluation_lag_seconds", "How late an evaluation started after it was due, seconds.",
+    registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
+
+def _series_of(metric: Any, labels: tuple[str, ...], namespace: str, name: str) -> set[tuple[str, ...]]:
+    """The label values of every series `metric` has for this strategy (read back from its
+    samples, the public way: prometheus_client keeps no index by label)."""
+    out = set()
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.labels.get("namespace") == namespace and sample.labels.get("strategy") == name:
+                out.add(tuple(sample.labels[label] for label in labels))
+    return out
+
+
+_PHASE_LABELS: dict[tuple[str, str], tuple[str, str]] = {}
+"""The (phase, state) of each strategy's one phase series: set_phase runs on every pass, so it
+looks up the series to replace here rather than scanning the gauge."""
+
+
+def set_phase(namespace: str, name: str, phase: str, state: str, index: int) -> None:
+    """The phase gauge with exactly one series per strategy: the one it is in now. Its
+    phase and state are labels, so a strategy that moved would otherwise leave every label
+    set it has been in behind, each still saying its old index."""
+    STRATEGY_PHASE.labels(namespace, name, phase, state).set(index)  # the new one first: no scrape sees none
+    previous = _PHASE_LABELS.get((namespace, name))
+    _PHASE_LABELS[(namespace, name)] = (phase, state)
+    if previous is not None and previous != (phase, state):
+        try:
+            STRATEGY_PHASE.remove(namespace, name, *previous)
+        except KeyError:  # forgotten meanwhile
+            pass
+
+
+def forget_strategy(namespace: str, name: str) -> None:
+    """Removes every series of a strategy no longer watched (deleted): without this a
+    deleted strategy kept exporting its last values until the operator restarted, and a
+    deleted halted one kept PhasegateStrategyHalted firing."""
+    _PHASE_LABELS.pop((namespace, name), None)
+    for metric, labels in PER_STRATEGY:
+        for values in _series_of(metric, labels, namespace, name):
+            try:
+                metric.remove(*values)
+            except KeyError:  # removed meanwhile
+                pass
 
 SHARDS_HELD = Gauge(
     "phasegate_shards_held", "Shards this replica holds and acts on (sharded operators: --shards > 1).",
@@ -70,10 +126,6 @@ STATUS_WRITES = Counter(
     "phasegate_status_writes_total",
     "Status writes of the strategies (volatile fields are written at most every 60 s; decisions at once).",
     registry=REGISTRY,
-)
-EVALUATION_LAG = Histogram(
-    "phasegate_evaluation_lag_seconds", "How late an evaluation started after it was due, seconds.",
-    registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 
 
