@@ -44,7 +44,7 @@ def _values() -> dict[str, Any]:
 
 
 def _template_files() -> list[Path]:
-    return sorted(p for p in TEMPLATES.iterdir() if p.suffix in {".yaml", ".yml", ".tpl", ".txt"})
+    return sorted(p for p in TEMPLATES.rglob("*") if p.suffix in {".yaml", ".yml", ".tpl", ".txt"})
 
 
 def _strip_template_comments(text: str) -> str:
@@ -476,6 +476,7 @@ VALUE_SETS = {
     "everything": [
         "--set", "serviceMonitor.enabled=true",
         "--set", "logLevel=debug",
+        "--set", "bindAddress=$(POD_IP)",
         "--set", "alertmanager.tokenSecret.name=alertmanager-token",
         "--set", "image.tag=9.9.9",
         "--set", "podAnnotations.a=b",
@@ -554,7 +555,7 @@ def test_helm_template_renders_the_expected_objects(values: str):
     (c,) = pod["containers"]
     argv = c["command"] + c["args"]
     assert argv[:6] == ["phasegate", "run", "--metrics-port", "8080", "--liveness-port", "8081"]
-    expected_tail = {"namespaced": ["--namespace", "trading"], "everything": ["--verbose"]}
+    expected_tail = {"namespaced": ["--namespace", "trading"], "everything": ["--bind-address", "$(POD_IP)", "--verbose"]}
     assert argv[6:] == expected_tail.get(values, [])
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -562,9 +563,13 @@ def test_helm_template_renders_the_expected_objects(values: str):
     (np,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
     assert np["spec"]["podSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
     assert np["spec"]["policyTypes"] == ["Ingress"]
-    (rule,) = np["spec"]["ingress"]
+    rule, hook_rule = np["spec"]["ingress"]
     assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
     assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule["from"]] == ["prometheus", "alertmanager"]
+    # ... and the `helm test` pod of this release, on the two ports it checks
+    assert hook_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}, {"port": "health", "protocol": "TCP"}]
+    assert hook_rule["from"] == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/instance": "phasegate", "app.kubernetes.io/component": "helm-test"}}}]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 8080, "health": 8081}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -592,6 +597,23 @@ def test_helm_template_renders_the_expected_objects(values: str):
     assert selector.items() <= spec["template"]["metadata"]["labels"].items()
     service = next(d for d in docs if d["kind"] == "Service")
     assert service["spec"]["selector"] == selector
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "metrics": (8080, "metrics"), "health": (8081, "health")}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    # The `helm test` hook: through the Service by default, restricted like the operator,
+    # no API token, and labels that neither the Service nor the PDB select.
+    (hook,) = [d for d in docs if d["kind"] == "Job"]
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    hook_pod = hook["spec"]["template"]["spec"]
+    (hc,) = hook_pod["containers"]
+    assert hc["command"][:2] == ["python", "-c"]
+    assert hc["command"][3:] == ["http://phasegate-metrics.phasegate-system.svc:8080/metrics",
+                                 "http://phasegate-metrics.phasegate-system.svc:8081/healthz", "60"]
+    assert hc["securityContext"] == c["securityContext"] and hook_pod["securityContext"] == pod["securityContext"]
+    assert hook_pod["automountServiceAccountToken"] is False and hook_pod["restartPolicy"] == "Never"
+    hook_labels = hook["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= hook_labels.items()
+    assert hook_labels.items() >= hook_rule["from"][0]["podSelector"]["matchLabels"].items()
 
 
 # --------------------------------------------------------------------------- alerts and dashboard
