@@ -429,7 +429,8 @@ def test_helm_upgrade_from_the_previous_chart_leaves_a_live_strategy_untouched(
 
     after = ts.status("steady")
     assert after["history"] == before["history"] and after["historySeq"] == before["historySeq"]
-    assert (after["phase"], after["state"], after["capitalFraction"]) == (before["phase"], before["state"], before["capitalFraction"])
+    rung = ("phase", "state", "capitalFraction")
+    assert [after[k] for k in rung] == [before[k] for k in rung]
     pod_after = _strategy_pod(ts, "steady")
     assert pod_after.metadata.uid == pod.metadata.uid, "the strategy's pod was replaced"
     restarts = [c.restart_count for c in pod.status.container_statuses]
