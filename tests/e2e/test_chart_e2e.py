@@ -34,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Optional
 
@@ -370,7 +370,9 @@ def test_helm_upgrade_from_the_previous_chart_leaves_a_live_strategy_untouched(
     0.1.0 listens on 0.0.0.0, so on this node, where every pod shares the host's network, its
     ports would collide with those of the new pods during the rolling update (maxUnavailable
     0 keeps the old pod until a new one is Ready): the upgrade moves metrics.port and
-    health.port. On a real cluster each pod has its own network and the ports stay.
+    health.port. On a real cluster each pod has its own network and the ports stay. (The
+    Deployment controller may scale the old ReplicaSet up with the new replica count for a
+    moment; such a second 0.1.0 pod cannot bind those ports here and stands by until it goes.)
 
     0.1.0's RBAC lacks `create` on pods, which the operator's server-side dry run of a
     strategy's next pod needs (the gap this test module found; 0.2.0 grants it): with it
@@ -423,9 +425,13 @@ def test_helm_upgrade_from_the_previous_chart_leaves_a_live_strategy_untouched(
         operator_pods(k8s, release_ns, rel)), 120, "two new Ready replicas, the 0.1.0 pod gone")
     lead = leader_pod(k8s, release_ns, rel)
     assert lead.metadata.name in {p.metadata.name for p in new_pods}
-    # The new leader evaluates the strategy: it writes its status, under its own name.
-    wait_for(lambda: [t for t in _status_writes(ts.get("steady"), f"phasegate@{lead.metadata.name}") if t >= upgraded_at],
-             60, "the new leader writes the strategy's status")
+    # The new leader evaluates the strategy: it writes its status, under its own name, and
+    # keeps doing so for several passes (a roll it decided would have started by then).
+    manager = f"phasegate@{lead.metadata.name}"
+    first = wait_for(lambda: max([t for t in _status_writes(ts.get("steady"), manager) if t >= upgraded_at], default=None),
+                     60, "the new leader writes the strategy's status")
+    wait_for(lambda: max(_status_writes(ts.get("steady"), manager)) >= first + timedelta(seconds=5), 60,
+             "the new leader writes the status again 5s later")
 
     after = ts.status("steady")
     assert after["history"] == before["history"] and after["historySeq"] == before["historySeq"]
