@@ -190,6 +190,25 @@ def can_i(kubeconfig: Path, ns: str, verb: str, resource: str, group: str = "") 
         api.close()
 
 
+def pod_create(kubeconfig: Path, ns: str, dry_run: bool, admin: Any) -> Optional[str]:
+    """Create a pod with these credentials: None when admitted, else the refusal. A pod
+    admitted for real is deleted at once (by `admin`: the operator may not delete pods)."""
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "e2e-by-the-operator-"},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["true"]}], **LOCAL_NODE}}
+    try:
+        created = client.CoreV1Api(api).create_namespaced_pod(ns, body, **({"dry_run": "All"} if dry_run else {}))
+        if not dry_run:  # admitted for real: the test fails on it; the pod must not stay
+            admin.delete_namespaced_pod(created.metadata.name, ns, grace_period_seconds=0)
+        return None
+    except ApiException as e:
+        return f"{e.status}: {json.loads(e.body).get('message', e.body)}"
+    finally:
+        api.close()
+
+
 def process_env(cluster, ns: str, pod: str) -> dict[str, str]:
     pid = (cluster.pod_dir(ns, pod) / "pid").read_text().strip()
     raw = Path(f"/proc/{pid}/environ").read_bytes()
@@ -264,6 +283,11 @@ def test_chart_runs_the_operator_under_its_own_service_account_and_rbac(
     for verb, resource, group in (("get", "secrets", ""), ("list", "secrets", ""), ("delete", "pods", ""),
                                   ("create", "deployments", "apps"), ("create", "rolebindings", "rbac.authorization.k8s.io")):
         assert not can_i(pod_kubeconfig, namespace, verb, resource, group), f"the operator may {verb} {resource}"
+    # Its one pod grant, create, is for the dry run of a strategy's next pod: a real create
+    # is refused by the chart's admission policy (rbac.podDryRunOnly).
+    assert pod_create(pod_kubeconfig, namespace, dry_run=True, admin=core) is None
+    refusal = pod_create(pod_kubeconfig, namespace, dry_run=False, admin=core)
+    assert refusal is not None and "only as a server-side dry run" in refusal, refusal
     # Minimal RBAC: no wildcard anywhere, nothing on Secrets, as installed.
     rules = installed_rules(k8s, rel, [release_ns, namespace])
     assert rules, "no Role or ClusterRole of the release found"

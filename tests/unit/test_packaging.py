@@ -541,6 +541,16 @@ def test_helm_template_renders_the_expected_objects(values: str):
     assert lease_role["metadata"]["namespace"] == "phasegate-system"
     assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                                     "verbs": ["get", "create", "update"]}]
+    # `create` on pods is for dry runs only: an admission policy refuses the operator's real ones.
+    (vap,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
+    (vapb,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert vapb["spec"] == {"policyName": vap["metadata"]["name"], "validationActions": ["Deny"]}
+    assert vap["spec"]["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]
+    (cond,) = vap["spec"]["matchConditions"]
+    assert cond["expression"] == 'request.userInfo.username == "system:serviceaccount:phasegate-system:phasegate"'
+    assert [v["expression"] for v in vap["spec"]["validations"]] == ["request.dryRun == true"]
+    assert vap["spec"]["failurePolicy"] == "Fail"
     (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
     assert pdb["spec"]["minAvailable"] == 1
     assert (("ServiceMonitor", "phasegate") in kinds) == (values == "everything")
@@ -674,3 +684,12 @@ def test_helm_prometheus_rule_follows_the_release_and_operator_job():
     assert "phasegate-metrics" not in json.dumps(custom["spec"])
     off = _run_helm("template", "phasegate", str(CHART), "--set", "grafanaDashboard.enabled=false")
     assert off.returncode == 0 and "grafana_dashboard" not in off.stdout
+
+
+@needs_helm
+def test_helm_pod_dry_run_policy_can_be_turned_off():
+    off = _run_helm("template", "phasegate", str(CHART), "--set", "rbac.podDryRunOnly=false")
+    assert off.returncode == 0, off.stderr
+    kinds = {d["kind"] for d in yaml.safe_load_all(off.stdout) if d}
+    assert "ValidatingAdmissionPolicy" not in kinds and "ValidatingAdmissionPolicyBinding" not in kinds
+    assert "ClusterRole" in kinds
