@@ -33,6 +33,10 @@ venv: $(VENV)/.installed ## Python virtualenv with phasegate installed (editable
 binaries: ## Build etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok (cached, once).
 	@hack/cluster/build-binaries.sh >/dev/null
 
+.PHONY: helm
+helm: ## Build the pinned helm from the Go module proxy if missing (chart lint/render and the chart e2e test).
+	@hack/install-helm.sh >/dev/null
+
 .PHONY: prometheus
 prometheus: ## Install Prometheus from Debian packages if missing (for the Prometheus source tests).
 	@hack/install-prometheus.sh
@@ -78,16 +82,16 @@ lint: venv ## Ruff, mypy (phasegate.api and phasegate.policy) and the import-lay
 	exit $$rc
 
 .PHONY: test
-test: venv binaries prometheus lint ## Lint, then the whole suite: unit, property and end-to-end against a real control plane.
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: venv binaries prometheus helm lint ## Lint, then the whole suite: unit, property and end-to-end against a real control plane.
+	PHASEGATE_REQUIRE_HELM=1 PHASEGATE_HELM="$$(hack/install-helm.sh)" $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: venv ## Unit and property tests only (no cluster).
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 .PHONY: test-e2e
-test-e2e: venv binaries prometheus ## End-to-end tests only.
-	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+test-e2e: venv binaries prometheus helm ## End-to-end tests only.
+	PHASEGATE_REQUIRE_HELM=1 PHASEGATE_HELM="$$(hack/install-helm.sh)" $(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 .PHONY: bench
 bench: venv binaries ## Benchmarks (halt latency, breach-to-halt, leader failover); prints their figures.

@@ -17,6 +17,18 @@ What it does, per pod bound to the node (spec.nodeName=local-process):
 - a value of the pod's env that starts with a volumeMount's mountPath is rewritten to a local
   folder (emptyDir and others: per pod; persistentVolumeClaim: per claim, so it survives the
   pod); a volume mounted at /tmp also sets TMPDIR to its folder (unless the pod sets TMPDIR);
+- service account credentials, the way a kubelet projects them: the ServiceAccount admission
+  plugin gives a pod whose token is automounted (automountServiceAccountToken, of the pod or
+  its serviceAccountName) a `projected` volume (kube-api-access-*); this kubelet fills it: a
+  token from the TokenRequest API for that ServiceAccount, bound to the pod (name and uid:
+  the apiserver rejects it once the pod is gone), with the volume's audience and
+  expirationSeconds, renewed in place at 80% of its lifetime; ca.crt from the ConfigMap
+  kube-root-ca.crt; namespace from the downward API. The process cannot see
+  /var/run/secrets/kubernetes.io/serviceaccount, so it also gets a per-pod kubeconfig in
+  KUBECONFIG (unless the pod sets KUBECONFIG): this API server, that ca.crt, `tokenFile`
+  the projected token, the pod's namespace. A client library then talks to the API as
+  system:serviceaccount:<namespace>:<name>, under that account's RBAC, never as this
+  kubelet (admin). A pod without the volume gets no KUBECONFIG at all;
 - securityContext (runAsUser, readOnlyRootFilesystem, capabilities, seccomp) is accepted and
   not enforced: the process runs as this kubelet's user. The apiserver's PodSecurity
   admission is what checks those fields (tests/e2e/test_pod_security_e2e.py);
@@ -184,6 +196,7 @@ class PodRunner(threading.Thread):
         self.probe_next = 0.0
         self.probe_ok = self.probe_fail = 0
         self.transitions: dict[str, tuple[str, str]] = {}
+        self.token_renew_at: float | None = None  # monotonic time the projected token is renewed
 
     # ---- events from the watch
     def update(self, pod: dict) -> None:
@@ -226,6 +239,8 @@ class PodRunner(threading.Thread):
                     self.start_container()
                 if self.proc is not None:
                     self.check_readiness()
+                if self.token_renew_at is not None and time.monotonic() >= self.token_renew_at:
+                    self.renew_tokens()
         except Exception:
             log.exception("pod %s/%s: runner failed", self.ns, self.pod_name)
             self.stop_container(2)
@@ -372,6 +387,9 @@ class PodRunner(threading.Thread):
                 env[e["name"]] = expand(e.get("value", ""), env)
                 declared.add(e["name"])
         mounts = self.volume_mounts()
+        kubeconfig = self.project_volumes()
+        if kubeconfig is not None and "KUBECONFIG" not in declared:
+            env["KUBECONFIG"] = str(kubeconfig)
         # Only the pod's own values are rewritten: a mount at /tmp must not move this
         # kubelet's PATH or VIRTUAL_ENV when the checkout itself lives under /tmp.
         for k in declared:
@@ -431,6 +449,93 @@ class PodRunner(threading.Thread):
                 d.mkdir(parents=True, exist_ok=True)
                 pairs.append((m["mountPath"], d))
         return sorted(pairs, key=lambda p: -len(p[0]))
+
+    # ---- projected volumes: the service account's token, as a kubelet mounts it
+    def _projected(self) -> list[tuple[dict, Path]]:
+        """(projected volume, its local folder) for the volumes the container mounts."""
+        mounted = {m["name"] for m in self.c.get("volumeMounts") or []}
+        return [(v["projected"], self.dir / "volumes" / v["name"]) for v in self.pod["spec"].get("volumes") or []
+                if "projected" in v and v["name"] in mounted]
+
+    def project_volumes(self) -> Path | None:
+        """Fill the projected volumes; returns the pod's kubeconfig when one holds a token."""
+        kubeconfig = None
+        for vol, folder in self._projected():
+            folder.mkdir(parents=True, exist_ok=True)
+            token_path = None
+            for src in vol.get("sources") or []:
+                if "serviceAccountToken" in src:
+                    token_path = folder / src["serviceAccountToken"]["path"]
+                    self._write(token_path, self.request_token(src["serviceAccountToken"]))
+                elif "configMap" in src:
+                    cm = src["configMap"]
+                    data = self.k.read_data("configMapRef", self.ns, cm["name"], optional=cm.get("optional", False))
+                    for item in cm.get("items") or [{"key": k, "path": k} for k in data]:
+                        if item["key"] in data:
+                            self._write(folder / item["path"], data[item["key"]])
+                elif "downwardAPI" in src:
+                    for item in src["downwardAPI"].get("items") or []:
+                        value = self.value_from({"fieldRef": item["fieldRef"]}) if "fieldRef" in item else ""
+                        self._write(folder / item["path"], value or "")
+            if token_path is not None and kubeconfig is None:
+                kubeconfig = self._write_kubeconfig(token_path, folder / "ca.crt")
+        return kubeconfig
+
+    def request_token(self, src: dict) -> str:
+        """TokenRequest for the pod's ServiceAccount, bound to this pod (as the kubelet asks)."""
+        sa = self.pod["spec"].get("serviceAccountName") or "default"
+        seconds = int(src.get("expirationSeconds") or 3607)
+        spec: dict = {"expirationSeconds": seconds,
+                      "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.pod_name, "uid": self.uid}}
+        if src.get("audience"):
+            spec["audiences"] = [src["audience"]]
+        try:
+            resp = self.k.core.create_namespaced_service_account_token(
+                sa, self.ns, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+                _preload_content=False)
+        except ApiException as e:
+            raise ConfigError(f"cannot get a token for serviceaccount {self.ns}/{sa}: {e.status} {e.reason}") from None
+        status = json.loads(resp.data)["status"]
+        expires = datetime.fromisoformat(status["expirationTimestamp"].replace("Z", "+00:00"))
+        lifetime = max((expires - datetime.now(UTC)).total_seconds(), 60.0)
+        renew_at = time.monotonic() + 0.8 * lifetime
+        self.token_renew_at = min(self.token_renew_at or renew_at, renew_at)
+        log.info("pod %s/%s: token of serviceaccount %s, bound to the pod, valid %ds", self.ns, self.pod_name, sa, lifetime)
+        return status["token"]
+
+    def renew_tokens(self) -> None:
+        self.token_renew_at = None
+        try:
+            for vol, folder in self._projected():
+                for src in vol.get("sources") or []:
+                    if "serviceAccountToken" in src:
+                        self._write(folder / src["serviceAccountToken"]["path"], self.request_token(src["serviceAccountToken"]))
+        except (ConfigError, ApiException) as e:
+            log.warning("pod %s/%s: token renewal failed (%s); retrying", self.ns, self.pod_name, e)
+            self.token_renew_at = time.monotonic() + 10
+
+    def _write_kubeconfig(self, token_path: Path, ca_path: Path) -> Path:
+        cfg = self.k.api.configuration
+        cluster = {"server": cfg.host}
+        if ca_path.exists():
+            cluster["certificate-authority"] = str(ca_path)
+        doc = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+            "clusters": [{"name": "pod", "cluster": cluster}],
+            "users": [{"name": "pod", "user": {"tokenFile": str(token_path)}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "pod", "user": "pod", "namespace": self.ns}}],
+        }
+        path = self.dir / "kubeconfig"
+        self._write(path, json.dumps(doc, indent=2))  # JSON is valid kubeconfig YAML
+        return path
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        """Atomically, readable by the owner only: a reader never sees half a token."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o600)
+        tmp.replace(path)
 
     # ---- readiness
     def check_readiness(self) -> None:
@@ -532,6 +637,7 @@ class PodRunner(threading.Thread):
 
 class Kubelet:
     def __init__(self, api: client.ApiClient, state_dir: Path, pod_cidr: str):
+        self.api = api
         self.core = client.CoreV1Api(api)
         self.coord = client.CoordinationV1Api(api)
         self.state_dir = state_dir

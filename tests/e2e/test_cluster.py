@@ -232,6 +232,53 @@ def test_local_process_pod_sees_env_serves_http_and_shuts_down_on_sigterm(k8s, n
     assert "got SIGTERM" in log and "shutdown complete" in log
 
 
+def _who(kubeconfig: str) -> dict:
+    api = config.new_client_from_config(config_file=kubeconfig)
+    try:
+        resp = client.AuthenticationV1Api(api).create_self_subject_review(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}, _preload_content=False)
+        return json.loads(resp.data)["status"]["userInfo"]
+    finally:
+        api.close()
+
+
+@pytest.mark.timeout(120)
+def test_local_process_pod_talks_to_the_api_as_its_service_account(k8s, namespace, cluster):
+    """The token the kubelet projects is the pod's ServiceAccount's, bound to the pod: the
+    apiserver names that account (and the pod), and refuses the token once the pod is gone."""
+    core = client.CoreV1Api(k8s)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "robot"}})
+    with_token = local_pod("robot", {"APP_PORT": "8080"}, readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1})
+    with_token["spec"]["serviceAccountName"] = "robot"
+    without = local_pod("anonymous", {"APP_PORT": "8080"}, readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1})
+    without["spec"]["automountServiceAccountToken"] = False
+    core.create_namespaced_pod(namespace, with_token)
+    core.create_namespaced_pod(namespace, without)
+    envs = {}
+    for name in ("robot", "anonymous"):
+        pod = wait_for(lambda n=name: (p := read_pod(core, namespace, n))["status"].get("phase") == "Running"
+                       and condition(p, "Ready") == "True" and p, 30, f"{name} Running and Ready")
+        with NO_PROXY.open(f"http://{pod['status']['podIP']}:8080/env", timeout=5) as r:
+            envs[name] = json.loads(r.read())
+    assert "KUBECONFIG" not in envs["anonymous"], "no token is mounted: no credentials"
+    kubeconfig = envs["robot"]["KUBECONFIG"]
+    assert Path(kubeconfig) == cluster.pod_dir(namespace, "robot") / "kubeconfig"
+    who = _who(kubeconfig)
+    assert who["username"] == f"system:serviceaccount:{namespace}:robot", who
+    assert who["extra"]["authentication.kubernetes.io/pod-name"] == ["robot"], who
+    assert f"system:serviceaccounts:{namespace}" in who["groups"]
+    core.delete_namespaced_pod("robot", namespace, grace_period_seconds=2)
+    wait_for(lambda: gone(core.read_namespaced_pod, "robot", namespace), 30, "robot removed")
+
+    def refused():
+        try:
+            _who(kubeconfig)
+            return False
+        except ApiException as e:
+            return e.status == 401
+    wait_for(refused, 30, "the bound token refused once its pod is gone", interval=1)
+
+
 @pytest.mark.timeout(90)
 def test_local_process_pod_is_killed_after_its_grace_period(k8s, namespace, tmp_path):
     core = client.CoreV1Api(k8s)

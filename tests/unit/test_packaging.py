@@ -5,9 +5,10 @@ most checks read the files themselves: YAML parses, templates are balanced and r
 only to declared values, the RBAC grants nothing on Secrets, the image runs
 `phasegate run`, and every example strategy validates against the API model.
 
-When a real `helm` binary is present (on PATH, in ~/.cache/phasegate/bin, or named by
-$PHASEGATE_HELM; `hack/install-helm.sh` builds one from the Go module proxy) the chart
-is also linted and rendered, and the rendered objects are checked. When `terraform` is
+With a real `helm` binary (on PATH, in ~/.cache/phasegate/bin, or named by $PHASEGATE_HELM;
+`hack/install-helm.sh` builds one from the Go module proxy) the chart is also linted and
+rendered, and the rendered objects are checked. Without one those tests skip, except under
+`make test` (PHASEGATE_REQUIRE_HELM=1) and CI=true, where they fail. When `terraform` is
 on PATH, the module is checked with `terraform fmt`.
 """
 
@@ -43,7 +44,7 @@ def _values() -> dict[str, Any]:
 
 
 def _template_files() -> list[Path]:
-    return sorted(p for p in TEMPLATES.iterdir() if p.suffix in {".yaml", ".yml", ".tpl", ".txt"})
+    return sorted(p for p in TEMPLATES.rglob("*") if p.suffix in {".yaml", ".yml", ".tpl", ".txt"})
 
 
 def _strip_template_comments(text: str) -> str:
@@ -233,7 +234,7 @@ def test_rbac_is_least_privilege():
         ("batch", "jobs"): write,
         ("", "services"): write,
         ("networking.k8s.io", "networkpolicies"): write,
-        ("", "pods"): {"get", "list", "watch"},
+        ("", "pods"): {"get", "list", "watch", "create"},  # create: the dry run of the next pod
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
         ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
@@ -456,19 +457,19 @@ def test_terraform_fmt():
 # --------------------------------------------------------------------------- helm, when present
 
 
-def _helm() -> str | None:
-    for candidate in (
-        os.environ.get("PHASEGATE_HELM"),
-        shutil.which("helm"),
-        str(Path.home() / ".cache" / "phasegate" / "bin" / "helm"),
-    ):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+from helm_bin import find_helm, require_helm  # noqa: E402  (tests/support)
+
+HELM = find_helm()
 
 
-HELM = _helm()
-needs_helm = pytest.mark.skipif(HELM is None, reason="no helm binary (hack/install-helm.sh builds one)")
+@pytest.fixture
+def helm_binary() -> str:
+    return require_helm()
+
+
+# Not a skipif: without helm these fail under `make test` and CI (tests/support/helm_bin.py).
+needs_helm = pytest.mark.usefixtures("helm_binary")
+
 
 VALUE_SETS = {
     "defaults": [],
@@ -476,6 +477,7 @@ VALUE_SETS = {
     "everything": [
         "--set", "serviceMonitor.enabled=true",
         "--set", "logLevel=debug",
+        "--set", "bindAddress=$(POD_IP)",
         "--set", "alertmanager.tokenSecret.name=alertmanager-token",
         "--set", "image.tag=9.9.9",
         "--set", "podAnnotations.a=b",
@@ -491,7 +493,7 @@ VALUE_SETS = {
 def _run_helm(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, HELM_CACHE_HOME="/tmp/phasegate-helm/cache",
                HELM_CONFIG_HOME="/tmp/phasegate-helm/config", HELM_DATA_HOME="/tmp/phasegate-helm/data")
-    return subprocess.run([HELM, *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([require_helm(), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 @needs_helm
@@ -540,6 +542,16 @@ def test_helm_template_renders_the_expected_objects(values: str):
     assert lease_role["metadata"]["namespace"] == "phasegate-system"
     assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                                     "verbs": ["get", "list", "create", "update"]}]
+    # `create` on pods is for dry runs only: an admission policy refuses the operator's real ones.
+    (vap,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
+    (vapb,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert vapb["spec"] == {"policyName": vap["metadata"]["name"], "validationActions": ["Deny"]}
+    assert vap["spec"]["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]
+    (cond,) = vap["spec"]["matchConditions"]
+    assert cond["expression"] == 'request.userInfo.username == "system:serviceaccount:phasegate-system:phasegate"'
+    assert [v["expression"] for v in vap["spec"]["validations"]] == ["request.dryRun == true"]
+    assert vap["spec"]["failurePolicy"] == "Fail"
     (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
     assert pdb["spec"]["minAvailable"] == 1
     assert (("ServiceMonitor", "phasegate") in kinds) == (values == "everything")
@@ -554,7 +566,7 @@ def test_helm_template_renders_the_expected_objects(values: str):
     (c,) = pod["containers"]
     argv = c["command"] + c["args"]
     assert argv[:6] == ["phasegate", "run", "--metrics-port", "8080", "--liveness-port", "8081"]
-    expected_tail = {"namespaced": ["--namespace", "trading"], "everything": ["--verbose"]}
+    expected_tail = {"namespaced": ["--namespace", "trading"], "everything": ["--bind-address", "$(POD_IP)", "--verbose"]}
     assert argv[6:] == expected_tail.get(values, [])
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -562,9 +574,13 @@ def test_helm_template_renders_the_expected_objects(values: str):
     (np,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
     assert np["spec"]["podSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
     assert np["spec"]["policyTypes"] == ["Ingress"]
-    (rule,) = np["spec"]["ingress"]
+    rule, hook_rule = np["spec"]["ingress"]
     assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
     assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule["from"]] == ["prometheus", "alertmanager"]
+    # ... and the `helm test` pod of this release, on the two ports it checks
+    assert hook_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}, {"port": "health", "protocol": "TCP"}]
+    assert hook_rule["from"] == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/instance": "phasegate", "app.kubernetes.io/component": "helm-test"}}}]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 8080, "health": 8081}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -592,6 +608,23 @@ def test_helm_template_renders_the_expected_objects(values: str):
     assert selector.items() <= spec["template"]["metadata"]["labels"].items()
     service = next(d for d in docs if d["kind"] == "Service")
     assert service["spec"]["selector"] == selector
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "metrics": (8080, "metrics"), "health": (8081, "health")}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    # The `helm test` hook: through the Service by default, restricted like the operator,
+    # no API token, and labels that neither the Service nor the PDB select.
+    (hook,) = [d for d in docs if d["kind"] == "Job"]
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    hook_pod = hook["spec"]["template"]["spec"]
+    (hc,) = hook_pod["containers"]
+    assert hc["command"][:2] == ["python", "-c"]
+    assert hc["command"][3:] == ["http://phasegate-metrics.phasegate-system.svc:8080/metrics",
+                                 "http://phasegate-metrics.phasegate-system.svc:8081/healthz", "60"]
+    assert hc["securityContext"] == c["securityContext"] and hook_pod["securityContext"] == pod["securityContext"]
+    assert hook_pod["automountServiceAccountToken"] is False and hook_pod["restartPolicy"] == "Never"
+    hook_labels = hook["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= hook_labels.items()
+    assert hook_labels.items() >= hook_rule["from"][0]["podSelector"]["matchLabels"].items()
 
 
 @needs_helm
@@ -662,3 +695,12 @@ def test_helm_prometheus_rule_follows_the_release_and_operator_job():
     assert "phasegate-metrics" not in json.dumps(custom["spec"])
     off = _run_helm("template", "phasegate", str(CHART), "--set", "grafanaDashboard.enabled=false")
     assert off.returncode == 0 and "grafana_dashboard" not in off.stdout
+
+
+@needs_helm
+def test_helm_pod_dry_run_policy_can_be_turned_off():
+    off = _run_helm("template", "phasegate", str(CHART), "--set", "rbac.podDryRunOnly=false")
+    assert off.returncode == 0, off.stderr
+    kinds = {d["kind"] for d in yaml.safe_load_all(off.stdout) if d}
+    assert "ValidatingAdmissionPolicy" not in kinds and "ValidatingAdmissionPolicyBinding" not in kinds
+    assert "ClusterRole" in kinds

@@ -425,6 +425,10 @@ def run(
     ] = None,
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of the operator's /metrics.")] = 8080,
     liveness_port: Annotated[int, typer.Option("--liveness-port", help="Port of the liveness endpoint.")] = 8081,
+    bind_address: Annotated[
+        str, typer.Option("--bind-address", envvar="PHASEGATE_BIND_ADDRESS",
+                          help="Address the metrics and liveness ports listen on (the chart's bindAddress).")
+    ] = "0.0.0.0",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     leader_elect: Annotated[
         bool,
@@ -521,6 +525,7 @@ def run(
         metrics_port=metrics_port,
         liveness_port=liveness_port,
         verbose=verbose,
+        bind_address=bind_address,
     )
 
 

@@ -89,7 +89,7 @@ def _settings(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 30.0
 
 
-async def _metrics_app(port: int) -> web.AppRunner:
+async def _metrics_app(port: int, host: str = "0.0.0.0") -> web.AppRunner:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(telemetry.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -116,7 +116,7 @@ async def _metrics_app(port: int) -> web.AppRunner:
         pass
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
+    await web.TCPSite(runner, host, port).start()
     return runner
 
 
@@ -222,7 +222,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     handlers.RECONCILER = Reconciler(kube, source_for, identity=identity)
     _state["api"] = api
     if _state.get("metrics_port"):
-        _state["runner"] = await _metrics_app(_state["metrics_port"])
+        _state["runner"] = await _metrics_app(_state["metrics_port"], _state.get("bind_address") or "0.0.0.0")
     telemetry.log_for("-", "-").info(
         "operator started", metrics_port=_state.get("metrics_port"),
         identity=election.identity if election else None, leading=elector.leading() if elector else True,
@@ -289,9 +289,11 @@ def run(
     liveness_port: int = 8081,
     verbose: bool = False,
     leader_election: Optional[LeaderOptions] = None,
+    bind_address: str = "0.0.0.0",
 ) -> None:
     telemetry.configure_logging(verbose)
     _state["metrics_port"] = metrics_port
+    _state["bind_address"] = bind_address
     options = leader_election or LeaderOptions.from_env()
     _state["election"] = options.settings(namespace) if options.enabled else None
     kwargs: dict[str, Any] = {"standalone": True}
@@ -300,5 +302,6 @@ def run(
     else:
         kwargs["clusterwide"] = True
     if liveness_port:
-        kwargs["liveness_endpoint"] = f"http://0.0.0.0:{liveness_port}/healthz"
+        host = f"[{bind_address}]" if ":" in bind_address else bind_address
+        kwargs["liveness_endpoint"] = f"http://{host}:{liveness_port}/healthz"
     asyncio.run(kopf.operator(**kwargs))

@@ -494,12 +494,15 @@ def test_run_passes_options_through(monkeypatch):
     fake = types.ModuleType("phasegate.controller.main")
     fake.run = lambda **kw: seen.update(kw)
     monkeypatch.setitem(sys.modules, "phasegate.controller.main", fake)
-    r = invoke("run", "--namespace", "trading", "--metrics-port", "9000", "--liveness-port", "9001", "--verbose")
+    r = invoke("run", "--namespace", "trading", "--metrics-port", "9000", "--liveness-port", "9001", "--verbose",
+               "--bind-address", "127.78.0.5")
     assert r.exit_code == 0, r.output
-    assert seen == {"namespace": "trading", "metrics_port": 9000, "liveness_port": 9001, "verbose": True}
+    assert seen == {"namespace": "trading", "metrics_port": 9000, "liveness_port": 9001, "verbose": True,
+                    "bind_address": "127.78.0.5"}
     seen.clear()
     assert invoke("run").exit_code == 0
-    assert seen == {"namespace": None, "metrics_port": 8080, "liveness_port": 8081, "verbose": False}
+    assert seen == {"namespace": None, "metrics_port": 8080, "liveness_port": 8081, "verbose": False,
+                    "bind_address": "0.0.0.0"}
 
 
 def test_run_without_the_controller_module(monkeypatch):
