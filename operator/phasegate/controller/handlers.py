@@ -118,8 +118,9 @@ def _interval(spec: Optional[StrategySpec], body: Any) -> float:
 
 
 def first_tick_offset(namespace: str, name: str, interval: float) -> float:
-    """Where in its interval a strategy's evaluations fall: spread by a hash of its name, so
-    that thousands of strategies (an operator start, a failover) do not all come due at once."""
+    """Where in its interval a strategy's first evaluation falls: spread by a hash of its name,
+    so that thousands of strategies do not all come due when the operator starts. (On a
+    takeover they are due at once, on purpose: the slots bound the rush.)"""
     return (zlib.crc32(f"{namespace}/{name}".encode()) % 10_000) / 10_000 * interval
 
 
