@@ -30,7 +30,7 @@ Keys (all optional, applied in this order):
 
   reset_counters: true        counters and histogram back to zero (a process restart)
   portfolio_value, cash, largest_position_fraction, signal_alignment,
-  execution_quality, position_discrepancy, slippage_bps:
+  execution_quality, position_discrepancy, slippage_bps, supervision_safe_mode:
                               set the gauge (number or decimal string); null stops
                               exporting it (as a strategy that does not have it)
   orders_submitted_inc: n     add n submitted orders
@@ -75,6 +75,8 @@ GAUGES = {
     "execution_quality": ("strategy_execution_quality_ratio", "Execution quality."),
     "position_discrepancy": ("strategy_position_discrepancy_ratio", "Local vs broker positions."),
     "slippage_bps": ("strategy_slippage_bps", "Mean slippage in basis points."),
+    # The SDK's dead-man's switch (0: supervised or unsupervised, trading normally).
+    "supervision_safe_mode": ("strategy_supervision_safe_mode", "1 while supervision has lapsed."),
 }
 
 _log_lock = threading.Lock()
@@ -105,6 +107,7 @@ class State:
             "execution_quality": "0.95",
             "position_discrepancy": "0",
             "slippage_bps": "2",
+            "supervision_safe_mode": "0",
         }
         self.tick = True
         self.tick_orders = 1

@@ -254,3 +254,6 @@ class Observation:
     # This pass is the strategy's interval evaluation (not a pass woken by a change): its
     # distance from the previous one is what the evaluation-lag rule checks.
     evaluated: bool = False
+    # The first evaluation by this process: the previous one's time is only as fresh as the
+    # last status write (up to a minute old), so its gap is not judged.
+    first_evaluation: bool = False

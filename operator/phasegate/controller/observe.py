@@ -201,12 +201,14 @@ async def observe(
     sts: Optional[StatefulSetView],
     carry: Optional[Observation] = None,
     supervisor: str = "phasegate",
+    first_evaluation: bool = False,
 ) -> Observation:
     """Everything the decision needs. The pod and StatefulSet come from the watch caches
     (controller/cache.py). `carry` is an earlier observation of this pass (a 409 retry): its
     metrics read is reused, so a breach seen is decided on, never dropped."""
     found: dict[str, Any] = read_request(annotations)
     found["evaluated"] = read_metrics_now
+    found["first_evaluation"] = read_metrics_now and first_evaluation
     found["children"] = await read_children(kube, owner, pod, sts, spec, status)
     if status.emergency is not None and not status.emergency.finished:
         found["emergency"] = await read_emergency(kube, owner, status, pod)

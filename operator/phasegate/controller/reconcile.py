@@ -68,6 +68,7 @@ class Memo:
     spec_key: Any = None
     spec: Optional[StrategySpec] = None
     spec_error: Optional[str] = None
+    evaluations: int = 0  # interval evaluations completed by this process
 
     def is_own(self, rv: Optional[str]) -> bool:
         return bool(rv) and (rv == self.persisted_rv or rv in self.own)
@@ -214,6 +215,7 @@ class Reconciler:
             sts=sts,
             carry=carry,
             supervisor=self.identity,
+            first_evaluation=memo.evaluations == 0,
         )
         if observing is not None:
             observing(False)
@@ -240,6 +242,8 @@ class Reconciler:
         await self._post_events(owner, memo, now)
         await self._actuate(owner, spec, new, decision, obs, network_policy=network_policy,
                             spec_changed=status.observed_generation != meta.get("generation"))
+        if read_metrics:
+            memo.evaluations += 1
         telemetry.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
         return spec, obs
 

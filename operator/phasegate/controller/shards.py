@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import replace
@@ -45,7 +46,10 @@ def shard_lease(index: int, shards: int) -> str:
 
 
 def member_lease(shards: int, identity: str) -> str:
-    return f"{MEMBER_PREFIX}{shards}-{identity}"[:253]
+    """A Lease name (a DNS subdomain) for this replica: an identity such as `host_1234` is
+    lower-cased and anything but [a-z0-9.-] becomes `-`."""
+    safe = re.sub(r"[^a-z0-9.-]", "-", identity.lower()).strip("-.") or "replica"
+    return f"{MEMBER_PREFIX}{shards}-{safe}"[:253].rstrip("-.")
 
 
 def fair_share(shards: int, members: int) -> int:
@@ -106,7 +110,7 @@ class ShardElection:
         self._share = shards
         self.member = LeaderElector(
             KubeLeaseStore(api, settings.namespace, member_lease(shards, settings.identity), settings.renew_deadline),
-            replace(settings, name=member_lease(shards, settings.identity)), fingerprint=fingerprint,
+            replace(settings, name=member_lease(shards, settings.identity)), fingerprint=fingerprint, log=log,
         )
         self.electors = [
             LeaderElector(

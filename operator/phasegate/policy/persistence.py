@@ -19,8 +19,9 @@ and all of it errs on the safe side or is recomputed:
 - the high-water mark can come back lower than it was by at most HWM_TOLERANCE (the
   intermediate peaks of the last PERSIST_EVERY), never higher;
 - counter baselines come back older: the first delta spans the gap, so no increase is lost;
-- the last evaluation time comes back older: the first evaluation after a restart may count
-  as late once (see rollout._check_evaluation_lag), which errs on the side of pausing.
+- the last evaluation time comes back older: the first evaluation by a new process is not
+  judged late (rollout._check_evaluation_lag): its gap is the failover, bounded by the Lease
+  and alerted on by itself.
 """
 
 from __future__ import annotations

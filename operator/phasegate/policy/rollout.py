@@ -480,7 +480,8 @@ def _check_evaluation_lag(d: Draft, obs: Observation, *, counted: bool) -> None:
     previous = d.metrics.last_evaluated_at
     update: dict[str, object] = {"last_evaluated_at": d.now}
     phase = d.current
-    if previous is not None and phase is not None and phase.mode is not Mode.BACKTEST and not d.stopped:
+    if (previous is not None and not obs.first_evaluation and phase is not None
+            and phase.mode is not Mode.BACKTEST and not d.stopped):
         gap, allowed = d.now - previous, 2 * d.spec.evaluation_interval
         if gap <= allowed:
             update["late_streak"] = 0

@@ -47,3 +47,12 @@ def test_a_replica_configured_otherwise_is_a_conflict():
     # an unsharded replica never takes the leader lease beside sharded ones
     assert len(conflicting(live, 1)) == 2
     assert conflicting({"phasegate-leader": "op-old", "other-lease": "z"}, 1) == []
+
+
+def test_member_lease_names_are_valid_object_names():
+    import re
+
+    for ident in ("vm_14134", "Op-A", "phasegate-7d9f-x2", "__", "a" * 300):
+        name = member_lease(6, ident)
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name) and len(name) <= 253, name
+    assert member_lease(6, "vm_1") != member_lease(6, "vm_2")

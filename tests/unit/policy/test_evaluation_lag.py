@@ -82,6 +82,23 @@ def test_a_failed_read_that_is_also_late_counts_once():
     assert status.metrics.consecutive_errors == 1 and status.metrics.late_streak == 0
 
 
+def test_the_first_evaluation_by_a_new_process_is_not_judged():
+    """After a restart or a takeover the previous evaluation's time is as old as the last
+    status write: the gap says nothing about this process, so neither counts nor ends a streak."""
+    s = spec()
+    m, status, now = Market(), _started(spec()), T0
+    _, status = evaluate(s, m, status, now)
+    now += timedelta(seconds=3)
+    _, status = evaluate(s, m, status, now)
+    assert status.metrics.late_streak == 1
+    now += timedelta(seconds=40)
+    _, status = step(s, status, replace(m.read(s, status, now), evaluated=True, first_evaluation=True), now)
+    assert status.metrics.late_streak == 1 and status.metrics.last_evaluated_at == now
+    now += timedelta(seconds=3)
+    _, status = evaluate(s, m, status, now)
+    assert status.metrics.late_streak == 2  # judged again from the next one on
+
+
 def test_passes_woken_by_a_change_are_not_evaluations():
     s = spec()
     m, status, now = Market(), _started(spec()), T0
