@@ -8,6 +8,7 @@ The strategies' pods run on the kwok nodes (Running, with an address, nothing in
 fake strategy process bound to 0.0.0.0 answers every pod address's metrics port, so every
 strategy reads healthy metrics. Short lease settings (4s / 3s / 0.5s) and the dead-holder
 shortcut off, so a successor waits for the leases to expire as it would in another pod.
+Interval 10 s, as a desk would run them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes import client
 
 import plans  # noqa: E402  (tests/support)
@@ -30,7 +32,9 @@ import plans  # noqa: E402  (tests/support)
 from .strategy_env import Strategies, history_actions, install_crd, start_operator, wait_for
 
 N_STRATEGIES, SHARDS, REPLICAS = 300, 6, 3
-DURATION, DEADLINE, RETRY = 4.0, 3.0, 0.5
+# Leases a little longer than the leader test's: 300 strategies and three operators load this
+# 2-core host's apiserver, and a renewal late by the renew deadline fences a replica.
+DURATION, DEADLINE, RETRY = 8.0, 6.0, 1.0
 ENV = {
     "PHASEGATE_SHARDS": str(SHARDS),
     "PHASEGATE_LEASE_DURATION": str(DURATION),
@@ -39,7 +43,7 @@ ENV = {
     "PHASEGATE_LEASE_DEAD_HOLDER_CHECK": "false",
 }
 PHASES = [
-    {"name": "paper", "mode": "paper", "minDuration": "20s"},
+    {"name": "paper", "mode": "paper", "minDuration": "40s"},
     {"name": "shadow", "mode": "shadow", "minDuration": "1h"},
 ]
 
@@ -69,11 +73,20 @@ def status_writers(obj: dict[str, Any]) -> set[str]:
 
 
 def kwok_strategy(name: str, port: int) -> dict[str, Any]:
-    body = plans.strategy(name, phases=PHASES, interval="2s")
+    body = plans.strategy(name, phases=PHASES, interval="10s")
     t = body["spec"]["template"]
     t.pop("nodeSelector"), t.pop("tolerations")  # kwok nodes: Running, nothing runs
     t["metricsPort"] = port
     return body
+
+
+def list_strategies(k8s, ns: str) -> list[dict[str, Any]]:
+    """All strategies, or [] when the loaded apiserver drops the connection (asked again)."""
+    try:
+        return client.CustomObjectsApi(k8s).list_namespaced_custom_object(
+            "phasegate.dev", "v1alpha1", ns, "tradingstrategies")["items"]
+    except urllib3.exceptions.HTTPError:
+        return []
 
 
 def free_port() -> int:
@@ -82,7 +95,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(720)
 def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(k8s, kubeconfig, namespace, tmp_path):
     install_crd(k8s)
     ts = Strategies(k8s, namespace)
@@ -107,12 +120,11 @@ def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(
             list(pool.map(lambda n: ts.create(kwok_strategy(n, port)), names))
 
         def all_reconciled():
-            items = client.CustomObjectsApi(k8s).list_namespaced_custom_object(
-                "phasegate.dev", "v1alpha1", namespace, "tradingstrategies")["items"]
+            items = list_strategies(k8s, namespace)
             done = [o for o in items if (o.get("status") or {}).get("phase")]
             return items if len(done) == N_STRATEGIES else None
 
-        items = wait_for(all_reconciled, 240, "every strategy reconciled", interval=2)
+        items = wait_for(all_reconciled, 240, "every strategy reconciled", interval=5)
         before = shard_holders(k8s, namespace)
         for obj in items:
             writers = status_writers(obj)
@@ -128,17 +140,17 @@ def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(
         taken = wait_for(
             lambda: (lambda held: held if all(held.get(lease) not in (None, victim_id) for lease in orphaned) else None)(
                 shard_holders(k8s, namespace)),
-            DURATION * 3 + 10, "the killed replica's shards taken over", interval=0.1,
+            DURATION * 3 + 10, "the killed replica's shards taken over", interval=0.2,
         )
         takeover = time.monotonic() - killed_at
         assert set(taken.values()) == {identity(o) for o in survivors}
         # Every strategy goes on: all advance to shadow, each exactly once.
         def all_advanced():
-            items = client.CustomObjectsApi(k8s).list_namespaced_custom_object(
-                "phasegate.dev", "v1alpha1", namespace, "tradingstrategies")["items"]
-            return items if all((o.get("status") or {}).get("phase") == "shadow" for o in items) else None
+            items = list_strategies(k8s, namespace)
+            shadow = [o for o in items if (o.get("status") or {}).get("phase") == "shadow"]
+            return items if len(shadow) == N_STRATEGIES else None
 
-        items = wait_for(all_advanced, 180, "every strategy advanced to shadow", interval=2)
+        items = wait_for(all_advanced, 240, "every strategy advanced to shadow", interval=5)
     finally:
         for o in ops:
             o.stop()
