@@ -93,6 +93,10 @@ test-e2e: venv binaries prometheus ## End-to-end tests only.
 bench: venv binaries ## Benchmarks (halt latency, breach-to-halt); prints their figures.
 	$(PY) -m benchmarks.run
 
+.PHONY: bench-scale
+bench-scale: venv binaries ## Scale: BENCH_SCALE_N (1000) live strategies on one operator; apiserver load, lag, RSS/CPU, halts.
+	$(PY) -m benchmarks.scale
+
 ##@ Demo
 
 .PHONY: demo

@@ -40,8 +40,9 @@ ORDER_LATENCY = 0.1  # s, in the 0.1 bucket
 ORDERS_PER_SECOND = 1.0  # 60/min: trading, well inside the default 120/min order-rate limit
 
 
-def exposition(portfolio_value: float, cash: float, orders: int) -> str:
-    """A healthy strategy's metrics, as tests/support/fake_strategy.py exports them."""
+def exposition(portfolio_value: float, cash: float, orders: int, created: float) -> str:
+    """A healthy strategy's metrics, as tests/support/fake_strategy.py exports them;
+    `created` is the epoch time the counters started (the strategy process's start)."""
     gauges = (
         (contract.M_PORTFOLIO_VALUE, portfolio_value),
         (contract.M_CASH, cash),
@@ -56,6 +57,8 @@ def exposition(portfolio_value: float, cash: float, orders: int) -> str:
         lines += [f"# TYPE {name} gauge", f"{name} {value!r}"]
     for name, value in ((contract.M_ORDERS_SUBMITTED, orders), (contract.M_ORDERS_FILLED, orders), (contract.M_ERRORS, 0)):
         lines += [f"# TYPE {name} counter", f"{name} {float(value)!r}"]
+        base = name.removesuffix("_total")
+        lines += [f"# TYPE {base}_created gauge", f"{base}_created {created!r}"]
     lines.append(f"# TYPE {contract.M_BREAKER_TRIPS} counter")
     h = contract.M_ORDER_LATENCY
     lines.append(f"# TYPE {h} histogram")
@@ -70,6 +73,7 @@ class Book:
     def __init__(self, capital: float) -> None:
         self.capital = capital
         self.started = time.monotonic()
+        self.created = time.time()
         self.portfolio: dict[str, float] = {}  # pod IP -> value served instead of the capital
         self.scrapes: dict[str, list[float]] = {}
 
@@ -77,7 +81,7 @@ class Book:
         self.scrapes.setdefault(ip, []).append(now)
         orders = int((now - self.started) * ORDERS_PER_SECOND)
         value = self.portfolio.get(ip, self.capital)
-        return exposition(value, self.capital / 2, orders)
+        return exposition(value, self.capital / 2, orders, self.created)
 
 
 def make_app(book: Book) -> web.Application:

@@ -110,7 +110,8 @@ def per_strategy_per_interval(
 
 def status_writes(rates: Mapping[str, float]) -> float:
     """Writes of the strategies' status subresource (PATCH or PUT), per strategy per interval."""
-    return round(sum(v for k, v in rates.items() if k in ("PATCH tradingstrategies/status", "UPDATE tradingstrategies/status")), 4)
+    writes = ("PATCH tradingstrategies/status", "UPDATE tradingstrategies/status")
+    return round(sum(v for k, v in rates.items() if k in writes), 4)
 
 
 def histogram_buckets(text: str, name: str) -> list[tuple[float, float]] | None:
