@@ -615,6 +615,11 @@ class LocalCluster:
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
                 # a node is NotReady 40s after its last heartbeat; the local kubelet renews its Lease every 5s
                 "--node-monitor-period=5s", "--node-monitor-grace-period=40s",
+                # Pod addresses are loopback, which neither Endpoints nor EndpointSlices accept:
+                # these controllers would retry every Service forever, each time a failed write
+                # and a Warning Event (about one of each per Service every 10 s: as many requests
+                # as the operator's own, in `make bench-scale`). Nothing here routes by Service.
+                "--controllers=*,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller",
                 "--profiling=false", "--v=1",
             ], healthz(f"https://127.0.0.1:{p['kube-controller-manager']}/healthz"),
                 f"https://127.0.0.1:{p['kube-controller-manager']}/healthz answers 200"),
