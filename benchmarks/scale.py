@@ -46,7 +46,7 @@ from kubernetes import client, config  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
 from benchmarks import scale_stats as st  # noqa: E402
-from benchmarks.halt_latency import ZeroWatcher, floor_client, measure  # noqa: E402
+from benchmarks.halt_latency import ZeroWatcher, floor_client, trip  # noqa: E402
 from phasegate.api import contract, parse_duration  # noqa: E402
 
 import localcluster  # noqa: E402
@@ -87,6 +87,9 @@ class Settings:
         self.breaches = env_int("BENCH_SCALE_BREACHES", 20)
         self.parallel = env_int("BENCH_SCALE_PARALLEL", 16)
         self.metrics_port = env_int("BENCH_SCALE_METRICS_PORT", 0, minimum=0)
+        # As deployed (the chart's two replicas elect a leader): a lone operator still renews
+        # its Lease and fences its own writes when a renewal is late, which load can cause.
+        self.leader_elect = os.environ.get("BENCH_SCALE_LEADER_ELECT", "true").strip().lower() not in ("0", "false", "no")
         if self.halts + self.breaches > self.n:
             raise SystemExit(
                 f"BENCH_SCALE_HALTS ({self.halts}) + BENCH_SCALE_BREACHES ({self.breaches}) strategies are halted, "
@@ -306,19 +309,58 @@ def setup_floor(api: client.ApiClient, ns: str, names: list[str], metrics_port: 
         apps.create_namespaced_stateful_set(ns, statefulset(spec, status, Owner(name, ns, created["metadata"]["uid"])))
 
 
-async def halts(kubeconfig: Path, op_ns: str, floor_ns: str, op_names: list[str], floor_names: list[str]) -> dict[str, Any]:
+async def timed_halts(kubeconfig: Path, ns: str, names: list[str], timeout: float) -> tuple[list[float], list[str]]:
+    """halt_latency.measure, except that a halt not seen within `timeout` is recorded as
+    missed instead of ending the run: at scale that is a finding, not an error."""
+    from kubernetes_asyncio import client as aclient
+    from kubernetes_asyncio import config as aconfig
+
+    api = await aconfig.new_client_from_config(config_file=str(kubeconfig))
+    custom = aclient.CustomObjectsApi(api)
+    stop = asyncio.Event()
+    watcher = ZeroWatcher(api, ns)
+    task = asyncio.create_task(watcher.run(stop))
+    await asyncio.sleep(1.0)  # the watch has listed
+    out: list[float] = []
+    missed: list[str] = []
+    try:
+        for name in names:
+            t0 = await trip(custom, ns, name)
+            try:
+                out.append(await watcher.wait_zero(name, timeout) - t0)
+            except TimeoutError:
+                missed.append(name)
+            await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        task.cancel()
+        await api.close()
+    return out, missed
+
+
+async def halts(
+    kubeconfig: Path, op_ns: str, floor_ns: str, op_names: list[str], floor_names: list[str], timeout: float
+) -> dict[str, Any]:
     stop = asyncio.Event()
     floor = asyncio.create_task(floor_client(kubeconfig, floor_ns, stop))
     await asyncio.sleep(1.0)
     op_lat: list[float] = []
     floor_lat: list[float] = []
+    missed: dict[str, list[str]] = {"operator": [], "floor": []}
     # Small alternating batches, so that machine noise falls on both paths alike.
     for i in range(0, len(op_names), 5):
-        op_lat += await measure(kubeconfig, op_ns, op_names[i : i + 5])
-        floor_lat += await measure(kubeconfig, floor_ns, floor_names[i : i + 5])
+        lat, miss = await timed_halts(kubeconfig, op_ns, op_names[i : i + 5], timeout)
+        op_lat += lat
+        missed["operator"] += miss
+        lat, miss = await timed_halts(kubeconfig, floor_ns, floor_names[i : i + 5], timeout)
+        floor_lat += lat
+        missed["floor"] += miss
     stop.set()
     floor.cancel()
-    return {"operator_ms": st.distribution(op_lat, 1000, 1), "floor_ms": st.distribution(floor_lat, 1000, 1)}
+    return {
+        "operator_ms": st.distribution(op_lat, 1000, 1), "floor_ms": st.distribution(floor_lat, 1000, 1),
+        "timeout_s": timeout, "not_halted_within_timeout": missed,
+    }
 
 
 async def breaches(kubeconfig: Path, ns: str, targets: dict[str, str], server: ScrapeServer, interval: float) -> dict[str, Any]:
@@ -333,20 +375,26 @@ async def breaches(kubeconfig: Path, ns: str, targets: dict[str, str], server: S
     await asyncio.sleep(2.0)  # the watch has listed
     loop = asyncio.get_running_loop()
 
-    async def one(delay: float, name: str, ip: str) -> float:
+    timeout = 6 * interval + 60
+
+    async def one(delay: float, name: str, ip: str) -> float | None:
         await asyncio.sleep(delay)
         t0 = time.perf_counter()  # CLOCK_MONOTONIC, as the watcher's
         await loop.run_in_executor(None, server.set_value, ip, BREACH_VALUE)
-        t1 = await watcher.wait_zero(name, 6 * interval + 60)
-        return t1 - t0
+        try:
+            return await watcher.wait_zero(name, timeout) - t0
+        except TimeoutError:
+            return None
 
     try:
-        lat = await asyncio.gather(*(one(i * 1.0, n, ip) for i, (n, ip) in enumerate(targets.items())))
+        got = await asyncio.gather(*(one(i * 1.0, n, ip) for i, (n, ip) in enumerate(targets.items())))
     finally:
         stop.set()
         task.cancel()
         await api.close()
-    return {"breach_to_halt_ms": st.distribution(list(lat), 1000, 1)}
+    lat = [x for x in got if x is not None]
+    missed = [n for n, x in zip(targets, got, strict=True) if x is None]
+    return {"breach_to_halt_ms": st.distribution(lat, 1000, 1), "timeout_s": timeout, "not_halted_within_timeout": missed}
 
 
 def steady_state(
@@ -367,6 +415,7 @@ def steady_state(
         st.counter_delta(before, after), seconds, baseline, baseline_s, s.n, s.interval, own=OWN_READ
     )
     scrapes = server.scrapes()
+    evaluations = sum(1 for ip in ips.values() for t in scrapes.get(ip, []) if t_start <= t <= t_end)
     lags: list[float] = []
     for ip in ips.values():
         lags += st.scrape_lags(scrapes.get(ip, []), s.interval, t_start, t_end)
@@ -377,9 +426,10 @@ def steady_state(
         "requests_per_strategy_per_interval": rates,
         "requests_per_strategy_per_interval_total": round(sum(rates.values()), 3),
         "status_writes_per_strategy_per_interval": st.status_writes(rates),
-        "scrapes_per_second": round(
-            sum(1 for ip in ips.values() for t in scrapes.get(ip, []) if t_start <= t <= t_end) / seconds, 1
-        ),
+        "scrapes_per_second": round(evaluations / seconds, 1),
+        # independent of how far behind the operator is: what one evaluation costs
+        "requests_per_evaluation": round(sum(rates.values()) * s.n * seconds / s.interval / max(evaluations, 1), 3),
+        "operator_counters_in_window": operator_counters(op_text0, op_text1),
         "evaluation_lag_scrape_gap_s": st.distribution(lags),
         "pods_not_scraped_in_window": len(missed),
     }
@@ -392,6 +442,18 @@ def steady_state(
             "n": d[-1][1], "p50": round(st.histogram_quantile(d, 0.5), 3), "p99": round(st.histogram_quantile(d, 0.99), 3),
         }
     return out
+
+
+# The operator's own signs of strain: a write it refused because its lease renewal was
+# late (it fences itself), a failed read, a lost status race, a reconcile that raised.
+HEALTH_COUNTERS = (
+    "phasegate_fenced_writes_total", "phasegate_metrics_read_errors_total",
+    "phasegate_status_conflicts_total", "phasegate_reconcile_errors_total",
+)
+
+
+def operator_counters(before: str, after: str) -> dict[str, float]:
+    return {name: st.counter_sum(after, name) - st.counter_sum(before, name) for name in HEALTH_COUNTERS}
 
 
 def delete_namespace(api: client.ApiClient, ns: str, parallel: int) -> None:
@@ -477,7 +539,9 @@ def run(s: Settings) -> dict[str, Any]:
         setup_floor(api, floor_ns, floor_names, server.port, s)
 
         log(f"starting the operator on {op_ns}; creating {s.n} strategies, {s.parallel} at a time")
-        op = OperatorProcess(kubeconfig, out_dir / f"scale-operator-{tag}.log", namespace=op_ns).start()
+        op = OperatorProcess(kubeconfig, out_dir / f"scale-operator-{tag}.log", namespace=op_ns,
+                             env={"PHASEGATE_LEADER_ELECT": "true" if s.leader_elect else "false"}).start()
+        results["leader_elect"] = s.leader_elect
         names = [f"s{i:04d}" for i in range(s.n)]
         t_create = time.monotonic()
         create_all(api, op_ns, [strategy(n, s, server.port) for n in names], s.parallel)
@@ -516,13 +580,19 @@ def run(s: Settings) -> dict[str, Any]:
             f"status writes per strategy per interval; lag {ss['evaluation_lag_scrape_gap_s']}")
 
         log(f"halt latency: {s.halts} CircuitBreakerTripped writes, operator against floor")
-        results["halt_latency"] = asyncio.run(halts(kubeconfig, op_ns, floor_ns, names[: s.halts], floor_names))
+        timeout = max(60.0, 6 * s.interval)
+        results["halt_latency"] = asyncio.run(halts(kubeconfig, op_ns, floor_ns, names[: s.halts], floor_names, timeout))
 
         log(f"breach-to-halt: {s.breaches} strategies served a portfolio value past the drawdown limit")
         targets = {n: ips[n] for n in names[s.halts : s.halts + s.breaches]}
         results["breach"] = asyncio.run(breaches(kubeconfig, op_ns, targets, server, s.interval))
-        results["operator_restarts"] = 0 if op.proc and op.proc.poll() is None else 1
+        results["operator_counters_whole_run"] = operator_counters("", op.metrics_text())
+    except BaseException as exc:
+        results["error"] = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
+        if op is not None and op.proc is not None and op.proc.poll() is not None:
+            results["operator_exited"] = op.proc.returncode
         if op is not None:
             op.stop()
         if server is not None:
@@ -539,15 +609,20 @@ def run(s: Settings) -> dict[str, Any]:
                     log(f"could not delete namespace {ns}: {exc}")
             try:
                 wait(lambda: all(namespace_gone(api, ns) for ns in namespaces), 300, "the benchmark's namespaces to go")
-                log(f"namespaces deleted in {time.monotonic() - t_del:.0f}s")
+                results["teardown_s"] = round(time.monotonic() - t_del, 1)
+                log(f"namespaces deleted in {results['teardown_s']}s")
             except RuntimeError as exc:
                 log(f"{exc}; they finish deleting in the background")
+        write_results(results, out_dir / f"scale-{s.n}.json")
+    return results
+
+
+def write_results(results: dict[str, Any], path: Path) -> None:
+    """Also after a failure: the figures measured before it are kept."""
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results["loadavg_at_end"] = os.getloadavg()
-    path = out_dir / f"scale-{s.n}.json"
     path.write_text(json.dumps(results, indent=2))
     results["_path"] = str(path)
-    return results
 
 
 
@@ -576,9 +651,17 @@ def report(r: dict[str, Any]) -> None:
     print(f"  evaluation lag   scrape gap - interval: p50 {lag['p50']}s p99 {lag['p99']}s max {lag['max']}s (n {lag['n']}); "
           f"{ss['pods_not_scraped_in_window']} pods not scraped in the window; {ss['scrapes_per_second']} scrapes/s")
     print(f"                   operator histogram: {ss['evaluation_lag_operator_histogram_s']}")
+    print(f"                   {ss['requests_per_evaluation']} requests per evaluation")
+    print(f"  operator strain  in the window: {ss['operator_counters_in_window']}")
+    print(f"                   whole run: {r['operator_counters_whole_run']}")
     print(f"  {'path':28} {'n':>4} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
     for name, row in (("halt, operator", h["operator_ms"]), ("halt, floor", h["floor_ms"]), ("breach-to-halt", b)):
         print(f"  {name:28} {row['n']:>4} {row['p50']:>9} {row['p99']:>9} {row['max']:>9}")
+    for what, missed in (("halt, operator", h["not_halted_within_timeout"]["operator"]),
+                         ("halt, floor", h["not_halted_within_timeout"]["floor"]),
+                         ("breach-to-halt", r["breach"]["not_halted_within_timeout"])):
+        if missed:
+            print(f"  NOT HALTED within the timeout ({what}): {len(missed)}: {', '.join(missed)}")
     print(f"results: {r['_path']}")
 
 

@@ -130,6 +130,16 @@ def histogram_buckets(text: str, name: str) -> list[tuple[float, float]] | None:
     return sorted(sums.items()) if found else None
 
 
+def counter_sum(text: str, name: str) -> float:
+    """The sum over labels of counter `name` (its `_total` samples) in an exposition; 0
+    when absent (a labelled counter has no series before its first increment)."""
+    family = name.removesuffix("_total")
+    return sum(
+        s.value for fam in text_string_to_metric_families(text) if fam.name == family
+        for s in fam.samples if s.name == f"{family}_total"
+    )
+
+
 def bucket_delta(before: list[tuple[float, float]] | None, after: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The histogram of the observations made between two reads of it."""
     old = dict(before or [])

@@ -140,6 +140,19 @@ def test_histogram_quantile_as_prometheus_computes_it():
         st.histogram_quantile([(0.1, 3.0)], 0.5)
 
 
+def test_counter_sum_adds_labelled_series_and_is_zero_when_absent():
+    text = """\
+# TYPE phasegate_fenced_writes_total counter
+phasegate_fenced_writes_total{op="patch_status"} 3.0
+phasegate_fenced_writes_total{op="apply"} 2.0
+phasegate_fenced_writes_created{op="apply"} 1.7e9
+# TYPE phasegate_status_conflicts_total counter
+"""
+    assert st.counter_sum(text, "phasegate_fenced_writes_total") == 5.0
+    assert st.counter_sum(text, "phasegate_status_conflicts_total") == 0.0
+    assert st.counter_sum(text, "phasegate_halts_total") == 0.0
+
+
 def test_bucket_delta_is_what_was_observed_between_two_reads():
     before = [(0.1, 10.0), (math.inf, 12.0)]
     after = [(0.1, 15.0), (math.inf, 20.0)]
