@@ -591,8 +591,15 @@ def run(s: Settings) -> dict[str, Any]:
         results["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        log("tearing down: the operator, the scrape server, the namespaces")
         if op is not None and op.proc is not None and op.proc.poll() is not None:
             results["operator_exited"] = op.proc.returncode
+        elif op is not None and "operator_counters_whole_run" not in results:
+            try:  # a run that failed or was stopped: how strained the operator was up to then
+                results["operator_counters_whole_run"] = operator_counters("", op.metrics_text())
+                results["reconciled_when_stopped"] = reconciled(api, op_ns, s.n)[1]
+            except Exception as exc:
+                log(f"could not read the operator's counters: {exc}")
         if op is not None:
             op.stop()
         if server is not None:
