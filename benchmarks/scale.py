@@ -295,6 +295,16 @@ def pod_ips(api: client.ApiClient, ns: str) -> dict[str, str]:
     return out
 
 
+def kwok_pod_room(api: client.ApiClient) -> int:
+    """Pods the kwok nodes can still take."""
+    core = client.CoreV1Api(api)
+    nodes = [n.metadata.name for n in core.list_node(label_selector="type=kwok").items]
+    total = sum(int(core.read_node(n).status.allocatable.get("pods", "0")) for n in nodes)
+    used = sum(1 for p in core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items
+               if p.spec.node_name in nodes)
+    return total - used
+
+
 def setup_floor(api: client.ApiClient, ns: str, names: list[str], metrics_port: int, s: Settings) -> None:
     """The same strategy objects and StatefulSets made by hand: no operator watches this
     namespace, only the floor client."""
@@ -503,6 +513,13 @@ def run(s: Settings) -> dict[str, Any]:
     from e2e.strategy_env import install_crd
 
     install_crd(api)
+    room = kwok_pod_room(api)
+    if room < s.n + s.halts:
+        raise SystemExit(
+            f"the kwok nodes hold {room} pods, fewer than BENCH_SCALE_N={s.n} plus {s.halts} for the floor: "
+            f"restart the local cluster (make cluster-down; make cluster) for nodes of {localcluster.KWOK_NODE_PODS} "
+            "pods each, or lower BENCH_SCALE_N"
+        )
     out_dir = ROOT / ".state" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:5]
@@ -565,7 +582,11 @@ def run(s: Settings) -> dict[str, Any]:
             ips.clear()
             ips.update(pod_ips(api, op_ns))
             seen = server.scrapes()  # type: ignore[union-attr]
-            return len(ips) == s.n and all(seen.get(ip) for ip in ips.values())
+            scraped = sum(1 for ip in ips.values() if seen.get(ip))
+            if time.monotonic() - last[0] > 15:
+                log(f"  {len(ips)}/{s.n} pods Running, {scraped}/{s.n} scraped at least once")
+                last[0] = time.monotonic()
+            return len(ips) == s.n and scraped == s.n
 
         wait(all_scraped, 120 + 6 * s.interval + s.n * 0.5, f"every one of the {s.n} pods Running and scraped once", every=3.0)
         if len(set(ips.values())) != s.n:

@@ -65,6 +65,7 @@ PORT_OFFSETS = {
 }
 SERVICE_CIDR = "10.0.0.0/24"
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+KWOK_NODE_PODS = 2000
 # start order; `down` stops them in reverse
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "local-kubelet"]
 
@@ -709,8 +710,10 @@ class LocalCluster:
                     "labels": {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/agent": ""},
                 },
-                "status": {"allocatable": {"cpu": "32", "memory": "128Gi", "pods": "250"},
-                           "capacity": {"cpu": "32", "memory": "128Gi", "pods": "250"}},
+                # Room for `make bench-scale` (1000 strategy pods and its floor) on the two
+                # fake nodes: a kwok pod costs nothing, and at 250 each the rest stayed Pending.
+                "status": {"allocatable": {"cpu": "32", "memory": "128Gi", "pods": str(KWOK_NODE_PODS)},
+                           "capacity": {"cpu": "32", "memory": "128Gi", "pods": str(KWOK_NODE_PODS)}},
             }
             code, _ = self._api("POST", "/api/v1/nodes", node)
             if code not in (201, 409):
