@@ -299,7 +299,10 @@ def kwok_pod_room(api: client.ApiClient) -> int:
     """Pods the kwok nodes can still take."""
     core = client.CoreV1Api(api)
     nodes = [n.metadata.name for n in core.list_node(label_selector="type=kwok").items]
-    total = sum(int(core.read_node(n).status.allocatable.get("pods", "0")) for n in nodes)
+    from kubernetes.utils import parse_quantity
+
+    # a quantity: the apiserver writes 2000 back as "2k"
+    total = sum(int(parse_quantity(core.read_node(n).status.allocatable.get("pods", "0"))) for n in nodes)
     used = sum(1 for p in core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items
                if p.spec.node_name in nodes)
     return total - used
