@@ -100,6 +100,7 @@ bench: venv binaries ## Benchmarks (halt latency, breach-to-halt, leader failove
 .PHONY: bench-failover
 bench-failover: venv binaries ## The leader-failover benchmark alone (BENCH_FAILOVERS=10 per series; about 6 minutes).
 	$(PY) -m benchmarks.failover
+
 .PHONY: bench-scale
 bench-scale: venv binaries ## Scale: BENCH_SCALE_N (1000) live strategies on one operator; apiserver load, lag, RSS/CPU, halts.
 	$(PY) -m benchmarks.scale
