@@ -148,7 +148,8 @@ async def strategy_changed(namespace: str, name: str, type: str, body: kopf.Body
     loop = LOOPS.get((namespace, name))
     if loop is None:
         return
-    if loop.memo.is_own((body.get("metadata") or {}).get("resourceVersion")):
+    rv = (body.get("metadata") or {}).get("resourceVersion")
+    if loop.memo.is_own(rv) or loop.memo.is_stale(rv):
         return
     loop.urgent = True
     if loop.reading is not None and not loop.reading.done():

@@ -73,10 +73,24 @@ class Memo:
     def is_own(self, rv: Optional[str]) -> bool:
         return bool(rv) and (rv == self.persisted_rv or rv in self.own)
 
+    def is_stale(self, rv: Optional[str]) -> bool:
+        """A body older than our last write: kopf's stream still delivering what came before
+        it (someone's earlier patch). resourceVersions are etcd revisions, integers that grow;
+        where one is not an integer nothing is assumed."""
+        try:
+            return rv is not None and bool(self.persisted_rv) and int(rv) < int(self.persisted_rv)
+        except ValueError:
+            return False
+
+    def forget_writes(self) -> None:
+        """After a 409 our idea of what the apiserver holds is wrong: the next body is news."""
+        self.own.clear()
+        self.persisted_rv = ""
+
     def load(self, body: dict[str, Any], now: datetime) -> tuple[StrategyStatus, str]:
         """(the status to decide from, the resourceVersion a write must be based on)."""
         rv = body["metadata"]["resourceVersion"]
-        if self.status is not None and self.is_own(rv):
+        if self.status is not None and (self.is_own(rv) or self.is_stale(rv)):
             return self.status, self.persisted_rv
         wire = ours(body.get("status"))
         if self.status is not None and self.persisted is not None and wire == self.persisted_wire:
@@ -231,6 +245,7 @@ class Reconciler:
                 try:
                     written = await self.kube.patch_status(ns, name, merge_patch(memo.persisted_wire, new_wire), base_rv)
                 except Conflict as exc:
+                    memo.forget_writes()
                     exc.observation = obs  # type: ignore[attr-defined]
                     raise
                 telemetry.STATUS_WRITES.inc()

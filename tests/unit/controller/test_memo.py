@@ -100,3 +100,22 @@ def test_a_replaced_pod_answers_for_its_name_not_the_one_being_deleted():
     new = PodView(name="s-0", uid="new", ip="10.0.0.8", ready=False)
     assert first([old, new]) is new and first([new, old]) is new
     assert first([old]) is old and first(None) is None and first([]) is None
+
+
+def test_a_late_event_from_before_our_last_write_neither_regresses_nor_wedges_the_memo():
+    """kopf's stream can deliver someone's earlier patch (rv 1200) after our own write (1288)
+    returned: that body is stale, and the next write is still based on 1288. A 409 makes the
+    memo forget its writes, so the fresh body after it is read as news, not as an echo."""
+    memo = Memo()
+    first = StrategyStatus(phase="paper")
+    memo.load(body("1100", first), T0)
+    ours_ = first.model_copy(update={"phase": "live-10"})
+    memo.wrote(ours_, ours_.wire(), "1100", "1288", T0)
+    older = first.model_copy(update={"message": "kopf finalizer era"})
+    assert memo.is_stale("1200")
+    status, base = memo.load(body("1200", older), T0)
+    assert status is ours_ and base == "1288"
+    memo.forget_writes()
+    status, base = memo.load(body("1288", ours_), T0)
+    assert base == "1288" and status.phase == "live-10"
+    assert not Memo().is_stale("5") and not memo.is_stale("abc")
