@@ -161,7 +161,7 @@ def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(
     moved = 0
     for obj in items:
         name, st = obj["metadata"]["name"], obj["status"]
-        assert history_actions(st) == [("start", "paper"), ("advance", "shadow")], f"{name}: {history_actions(st)}"
+        assert history_actions(st) == [("start", "paper"), ("complete", "shadow")], f"{name}: {history_actions(st)}"
         assert [h["seq"] for h in st["history"]] == [1, 2], name
         writers = status_writers(obj)
         from phasegate.controller.shards import shard_lease, shard_of
