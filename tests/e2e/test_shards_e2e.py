@@ -162,7 +162,7 @@ def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(
     for obj in items:
         name, st = obj["metadata"]["name"], obj["status"]
         assert history_actions(st) == [("start", "paper"), ("complete", "shadow")], f"{name}: {history_actions(st)}"
-        assert [h["seq"] for h in st["history"]] == [1, 2], name
+        assert [h["seq"] for h in st["history"]] == list(range(1, len(st["history"]) + 1)), name
         writers = status_writers(obj)
         from phasegate.controller.shards import shard_lease, shard_of
 
