@@ -120,7 +120,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.timeout(720)
+@pytest.mark.timeout(900)
 def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(k8s, kubeconfig, namespace, tmp_path):
     install_crd(k8s)
     ts = Strategies(k8s, namespace)
@@ -174,7 +174,7 @@ def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(
             shadow = [o for o in items if (o.get("status") or {}).get("phase") == "shadow"]
             return items if len(shadow) == N_STRATEGIES else None
 
-        items = wait_for(all_advanced, 240, "every strategy advanced to shadow", interval=5)
+        items = wait_for(all_advanced, 360, "every strategy advanced to shadow", interval=5)
         holders = held_by(ops)
     finally:
         for o in ops:
