@@ -89,6 +89,7 @@ class Settings:
         self.metrics_port = env_int("BENCH_SCALE_METRICS_PORT", 0, minimum=0)
         # As deployed (the chart's two replicas elect a leader): a lone operator still renews
         # its Lease and fences its own writes when a renewal is late, which load can cause.
+        self.profile = os.environ.get("BENCH_SCALE_PROFILE", "").strip().lower() in ("1", "true", "yes")
         self.leader_elect = os.environ.get("BENCH_SCALE_LEADER_ELECT", "true").strip().lower() not in ("0", "false", "no")
         if self.halts + self.breaches > self.n:
             raise SystemExit(
@@ -418,8 +419,11 @@ def steady_state(
     op_text0 = op.metrics_text()
     before = apis.read()
     t_start = time.monotonic()
+    profiler = start_profile(s, op.proc.pid, window)  # type: ignore[union-attr]
     with ProcSampler(op.proc.pid) as proc:  # type: ignore[union-attr]
         time.sleep(window)
+    if profiler is not None:
+        profiler.wait(timeout=window + 60)
     t_end = time.monotonic()
     after = apis.read()
     op_text1 = op.metrics_text()
@@ -463,6 +467,19 @@ HEALTH_COUNTERS = (
     "phasegate_fenced_writes_total", "phasegate_metrics_read_errors_total",
     "phasegate_status_conflicts_total", "phasegate_reconcile_errors_total",
 )
+
+
+def start_profile(s: Settings, pid: int, window: float) -> subprocess.Popen[bytes] | None:
+    """BENCH_SCALE_PROFILE=1: py-spy samples the operator over the steady-state window into
+    .state/bench/scale-profile-<N>.txt (collapsed stacks: a flame graph's input)."""
+    if not s.profile:
+        return None
+    spy = Path(sys.executable).parent / "py-spy"
+    out = ROOT / ".state" / "bench" / f"scale-profile-{s.n}.txt"
+    cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(window)), "--rate", "200",
+           "--format", "raw", "--nonblocking", "--output", str(out)]
+    log(f"profiling the operator into {out}")
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def operator_counters(before: str, after: str) -> dict[str, float]:

@@ -55,6 +55,7 @@ class Loop:
     started: float = field(default_factory=time.monotonic)
     interval: float = 30.0
     last_evaluation: Optional[float] = None
+    urgent_since: Optional[float] = None  # when the oldest urgent change not acted on yet arrived
 
 
 LOOPS: dict[tuple[str, str], Loop] = {}
@@ -152,6 +153,8 @@ async def strategy_changed(namespace: str, name: str, type: str, body: kopf.Body
     if loop.memo.is_own(rv) or loop.memo.is_stale(rv):
         return
     loop.urgent = True
+    if loop.urgent_since is None:
+        loop.urgent_since = time.monotonic()
     if loop.reading is not None and not loop.reading.done():
         loop.reading.cancel()  # the evaluation still reading: the urgent pass goes first
     loop.wake.set()
@@ -278,6 +281,9 @@ async def strategy_loop(
                     telemetry.EVALUATION_INTERVAL.labels(namespace, name).set(me.interval)
             elif failed:
                 next_tick = min(next_tick, aio.time() + 1.0)  # a failed write is repaired soon, not next interval
+            if urgent and me.urgent_since is not None and not me.urgent:
+                telemetry.URGENT_LATENCY.observe(time.monotonic() - me.urgent_since)
+                me.urgent_since = None
     finally:
         LOOPS.pop((namespace, name), None)
         telemetry.forget_strategy(namespace, name)  # a deleted strategy exports nothing, halted or not

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -19,6 +19,7 @@ from phasegate.api.spec import MetricsSourceType
 from phasegate.metrics import make_source
 
 from . import handlers, leader, telemetry
+from .election_thread import ElectionThread
 from .kube import Kube, RateLimiter, load_client
 from .reconcile import Reconciler
 from .shards import LeaseDirectory, ShardElection, conflicting, shard_of
@@ -136,38 +137,53 @@ def _shard_count() -> int:
     return max(1, int(os.environ.get("PHASEGATE_SHARDS") or 1))
 
 
-async def _start_election(api: Any, election: leader.ElectionSettings) -> Any:
+async def _build_elector(api: Any, election: leader.ElectionSettings) -> Any:
+    """The elector (one lease, or N shard leases), built on the election thread with its client."""
+    _no_env_lookups(api)
+    api.user_agent = f"phasegate@{election.identity}/{phasegate.__version__}"
     log = telemetry.log_for("-", "-").bind(identity=election.identity)
     shards = _shard_count()
-    elector: Any
     if shards > 1:
-        elector = ShardElection(api, election, shards, fingerprint=leader.process_fingerprint(), log=log)
+        return ShardElection(api, election, shards, fingerprint=leader.process_fingerprint(), log=log)
+    directory = LeaseDirectory(api, election.namespace, election.renew_deadline)
+
+    async def no_sharded_replica() -> bool:
+        # An unsharded leader never acts beside replicas that split the strategies.
+        try:
+            others = conflicting(await directory.live(), 1)
+        except Exception:  # cannot tell: take the lease as before sharding existed
+            return True
+        if others:
+            log.error("not taking the leader lease: sharded replicas are live", replicas=others[:5])
+        return not others
+
+    store = leader.KubeLeaseStore(api, election.namespace, election.name, timeout=election.renew_deadline)
+    return leader.LeaderElector(store, election, fingerprint=leader.process_fingerprint(), log=log,
+                                may_acquire=no_sharded_replica)
+
+
+async def _close_client(api: Any) -> None:
+    await api.close()
+
+
+async def _start_election(election: leader.ElectionSettings) -> Any:
+    """Leases are renewed on their own thread (controller/election_thread.py): a loop busy with
+    thousands of evaluations never makes a renewal late."""
+    thread = ElectionThread(lambda api: _build_elector(api, election), load_client, _close_client)
+    elector = await thread.start()
+    _state["election_thread"] = thread
+    if isinstance(elector, ShardElection):
+        shards = elector.shards
         handlers.LEADING = elector.leading_for
         handlers.SHARD_OF = lambda namespace, name: shard_of(namespace, name, shards)
         telemetry.SHARDS_HELD.labels(election.identity).set_function(lambda: float(len(elector.held())))
     else:
-        directory = LeaseDirectory(api, election.namespace, election.renew_deadline)
-
-        async def no_sharded_replica() -> bool:
-            # An unsharded leader never acts beside replicas that split the strategies.
-            try:
-                others = conflicting(await directory.live(), 1)
-            except Exception:  # cannot tell: take the lease as before sharding existed
-                return True
-            if others:
-                log.error("not taking the leader lease: sharded replicas are live", replicas=others[:5])
-            return not others
-
-        store = leader.KubeLeaseStore(api, election.namespace, election.name, timeout=election.renew_deadline)
-        elector = leader.LeaderElector(store, election, fingerprint=leader.process_fingerprint(), log=log,
-                                       may_acquire=no_sharded_replica)
         handlers.LEADING = lambda namespace="", name="": elector.leading()
-    elector.on_started.append(handlers.wake_all)
+    elector.on_started.append(thread.on_loop(asyncio.get_running_loop(), handlers.wake_all))
     telemetry.LEADER.labels(election.identity).set_function(lambda: 1.0 if elector.leading() else 0.0)
-    await elector.step()  # a lone operator leads before its first pass
     if not elector.leading():
-        log.info("standing by", holder=elector.holder or None, lease=f"{election.namespace}/{election.name}")
-    _state["election_task"] = asyncio.create_task(elector.run(), name="phasegate leader election")
+        telemetry.log_for("-", "-").info("standing by", identity=election.identity, holder=elector.holder or None,
+                                         lease=f"{election.namespace}/{election.name}")
     return elector
 
 
@@ -197,7 +213,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         # The apiserver names the writer of each field after the user agent (managedFields):
         # which replica wrote what stays visible.
         api.user_agent = f"phasegate@{election.identity}/{phasegate.__version__}"
-        elector = await _start_election(api, election)
+        elector = await _start_election(election)
         kube = Kube(api, fence=_fence(elector, telemetry.log_for("-", "-").bind(identity=election.identity)),
                     limiter=limiter)
     else:
@@ -223,6 +239,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _state["api"] = api
     if _state.get("metrics_port"):
         _state["runner"] = await _metrics_app(_state["metrics_port"], _state.get("bind_address") or "0.0.0.0")
+    # What start-up made (modules, clients, models) lives as long as the process: out of the
+    # collector's sight, a full collection scans only what the strategies made.
+    gc.freeze()
     telemetry.log_for("-", "-").info(
         "operator started", metrics_port=_state.get("metrics_port"),
         identity=election.identity if election else None, leading=elector.leading() if elector else True,
@@ -264,14 +283,10 @@ def watchdog_probe(**_: Any) -> str:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    task = _state.pop("election_task", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    elector = _state.pop("elector", None)
-    if elector is not None:
-        await elector.release()  # stops acting first, then hands the lease to a standby
+    thread = _state.pop("election_thread", None)
+    _state.pop("elector", None)
+    if thread is not None:
+        await thread.stop()  # stops acting first, then hands the lease to a standby
     runner = _state.pop("runner", None)
     if runner is not None:
         await runner.cleanup()
@@ -292,6 +307,7 @@ def run(
     bind_address: str = "0.0.0.0",
 ) -> None:
     telemetry.configure_logging(verbose)
+    telemetry.watch_gc()
     _state["metrics_port"] = metrics_port
     _state["bind_address"] = bind_address
     options = leader_election or LeaderOptions.from_env()

@@ -213,7 +213,7 @@ class Reconciler:
             log.warning("spec cannot be read: guarding with the last readable spec", error=spec_error,
                         guarding=spec is not None)
         if spec is None:
-            await self._report_unreadable(ns, name, meta, status, spec_error or "unreadable")
+            await self._report_unreadable(ns, name, memo, status, base_rv, spec_error or "unreadable")
             return None, None
         owner = Owner(name=name, namespace=ns, uid=uid)
         obs = await observe(
@@ -240,16 +240,7 @@ class Reconciler:
         if any(e.action in URGENT_TRANSITIONS for e in decision.history):
             PRIORITY.set(True)  # a halt found by this evaluation is written and acted on unthrottled
         if persist_due(memo.persisted, new, now, memo.persisted_at):
-            new_wire = new.wire()
-            if new_wire != memo.persisted_wire:
-                try:
-                    written = await self.kube.patch_status(ns, name, merge_patch(memo.persisted_wire, new_wire), base_rv)
-                except Conflict as exc:
-                    memo.forget_writes()
-                    exc.observation = obs  # type: ignore[attr-defined]
-                    raise
-                telemetry.STATUS_WRITES.inc()
-                memo.wrote(new, new_wire, base_rv, (written.get("metadata") or {}).get("resourceVersion", base_rv), now)
+            await self._write_status(ns, name, memo, new, base_rv, now, obs)
         memo.status = new
         for entry in decision.history:
             self._log_transition(log, entry, ns, name, new)
@@ -262,12 +253,29 @@ class Reconciler:
         telemetry.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
         return spec, obs
 
-    async def _report_unreadable(self, ns: str, name: str, meta: dict[str, Any], status: StrategyStatus, error: str) -> None:
+    async def _write_status(self, ns: str, name: str, memo: Memo, new: StrategyStatus, base_rv: str, now: datetime,
+                            obs: Optional[Observation] = None) -> None:
+        """Write what differs from what is written, based on `base_rv`; the memo learns the
+        resourceVersion it produced, so that neither its echo nor the next pass is news."""
+        new_wire = new.wire()
+        if new_wire == memo.persisted_wire:
+            return
+        try:
+            written = await self.kube.patch_status(ns, name, merge_patch(memo.persisted_wire, new_wire), base_rv)
+        except Conflict as exc:
+            memo.forget_writes()
+            exc.observation = obs  # type: ignore[attr-defined]
+            raise
+        telemetry.STATUS_WRITES.inc()
+        memo.wrote(new, new_wire, base_rv, (written.get("metadata") or {}).get("resourceVersion", base_rv), now)
+
+    async def _report_unreadable(self, ns: str, name: str, memo: Memo, status: StrategyStatus, base_rv: str,
+                                 error: str) -> None:
         """A strategy never read at all: say so in status, there is nothing to guard yet."""
         now = self.clock()
         conds = set_condition(status.conditions, ConditionType.SPEC_INVALID, True, "SpecUnreadable", error, now, None)
         if conds != status.conditions:
-            await self.kube.patch_status(ns, name, {"conditions": [c.wire() for c in conds]}, meta["resourceVersion"])
+            await self._write_status(ns, name, memo, status.model_copy(update={"conditions": conds}), base_rv, now)
 
     async def _post_events(self, owner: Owner, memo: Memo, now: datetime) -> None:
         """Events for every written history entry past the watermark kept in status: a kill

@@ -75,6 +75,34 @@ EVALUATION_LAG = Histogram(
     registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 
+URGENT_LATENCY = Histogram(
+    "phasegate_urgent_pass_latency_seconds",
+    "From a change by someone else (a breaker condition, a halt request) reaching the operator "
+    "to the end of the pass that acted on it, seconds.",
+    registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+GC_PAUSE = Histogram(
+    "phasegate_gc_pause_seconds", "Pauses of Python's cyclic garbage collector, by generation.",
+    ["generation"], registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def watch_gc() -> None:
+    """Time every collection: a full one over a large heap stops the event loop, halts included."""
+    import gc
+    import time
+
+    started: dict[str, float] = {}
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started["t"] = time.perf_counter()
+        elif "t" in started:
+            GC_PAUSE.labels(str(info.get("generation", ""))).observe(time.perf_counter() - started.pop("t"))
+
+    if callback not in gc.callbacks:
+        gc.callbacks.append(callback)
+
 
 def _series_of(metric: Any, labels: tuple[str, ...], namespace: str, name: str) -> set[tuple[str, ...]]:
     """The label values of every series `metric` has for this strategy (read back from its
@@ -124,7 +152,7 @@ SHARDS_HELD = Gauge(
 )
 STATUS_WRITES = Counter(
     "phasegate_status_writes_total",
-    "Status writes of the strategies (volatile fields are written at most every 60 s; decisions at once).",
+    "Status writes of the strategies (volatile fields are written at most every 120 s; decisions at once).",
     registry=REGISTRY,
 )
 

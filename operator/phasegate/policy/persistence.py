@@ -32,7 +32,9 @@ from typing import Optional
 
 from phasegate.api.status import StrategyStatus
 
-PERSIST_EVERY = timedelta(seconds=60)
+# 12 intervals at 10 s: at most 0.1 bookkeeping writes per strategy per interval there, and a
+# restart loses two minutes of bookkeeping at most (see above: all of it on the safe side).
+PERSIST_EVERY = timedelta(seconds=120)
 HWM_TOLERANCE = Decimal("0.001")  # a relative rise of the high-water mark written at once
 # A move of the risk index this large (up or down) is written at once: not for a restart (the
 # index is recomputed exactly from the last written point) but for the person watching
