@@ -245,9 +245,16 @@ class Reconciler:
         for entry in decision.history:
             self._log_transition(log, entry, ns, name, new)
         self._export(ns, name, new, spec)
-        await self._post_events(owner, memo, now)
-        await self._actuate(owner, spec, new, decision, obs, network_policy=network_policy,
-                            spec_changed=status.observed_generation != meta.get("generation"))
+        # The children are made to match at once: a halt's scale-down never waits for its
+        # Events (they are posted meanwhile; the watermark in status makes a lost one reposted).
+        actuating = asyncio.ensure_future(self._actuate(
+            owner, spec, new, decision, obs, network_policy=network_policy,
+            spec_changed=status.observed_generation != meta.get("generation"),
+        ))
+        try:
+            await self._post_events(owner, memo, now)
+        finally:
+            await actuating
         if read_metrics:
             memo.evaluations += 1
         telemetry.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)

@@ -115,7 +115,7 @@ def group(samples: Iterable[tuple[str, Mapping[str, str], object]]) -> dict[str,
     out: dict[str, list[Series]] = {}
     for name, labels, raw in samples:
         try:
-            v = Decimal(repr(raw)) if isinstance(raw, float) else Decimal(str(raw))
+            v = raw if isinstance(raw, Decimal) else Decimal(repr(raw)) if isinstance(raw, float) else Decimal(str(raw))
         except ArithmeticError:
             continue
         out.setdefault(name, []).append((dict(labels), v))

@@ -6,13 +6,12 @@ from datetime import datetime
 from typing import Optional
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
-
 from ._samples import build_snapshot, group
+from .exposition import ExpositionError, samples
 from .snapshot import MetricsSnapshot, MetricsUnavailable
 from .source import ScrapeTarget
 
-# Ask for the classic text format: the parser used here does not read OpenMetrics.
+# Ask for the classic text format: metrics/exposition.py does not read OpenMetrics.
 ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 # A strategy's exposition is a few kilobytes; a bound keeps a broken exporter from
 # making the operator buffer without end.
@@ -22,17 +21,15 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 def parse_exposition(text: str, now: datetime) -> MetricsSnapshot:
     """A snapshot from Prometheus text exposition; MetricsUnavailable when unusable.
 
-    Samples are looked up by sample name, not family name: the parser strips `_total`
-    from a counter family's name but keeps it on the samples, which are what the
+    Samples are looked up by sample name (a counter's `_total` included), which is what the
     contract names.
     """
     if not text.strip():
         raise MetricsUnavailable("empty exposition")
     try:
-        families = list(text_string_to_metric_families(text))
-    except Exception as exc:  # the parser raises ValueError, IndexError, ... on bad input
-        raise MetricsUnavailable(f"cannot parse exposition: {type(exc).__name__}: {exc}") from exc
-    series = group((s.name, s.labels, s.value) for f in families for s in f.samples)
+        series = group(samples(text))
+    except ExpositionError as exc:
+        raise MetricsUnavailable(f"cannot parse exposition: {exc}") from exc
     if not series:
         raise MetricsUnavailable("exposition has no samples")
     return build_snapshot(series, now)
