@@ -76,10 +76,20 @@ class LeaderOptions:
         )
 
 
+class SpecDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base, built without deep-copying the status it then throws away: kopf
+    builds one on every event of every strategy, and the status is most of the object."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        if extra_fields:  # a handler on a status field would need it: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        return super().build(body=kopf.Body({k: v for k, v in body.items() if k != "status"}))
+
+
 def _settings(settings: kopf.OperatorSettings) -> None:
     # Handler progress and diff-base in annotations: our status belongs to us alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.phasegate.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.phasegate.dev")
+    settings.persistence.diffbase_storage = SpecDiffBase(prefix="kopf.phasegate.dev")
     settings.persistence.finalizer = "phasegate.dev/kopf-finalizer"
     # Watches behind load balancers used to freeze silently: bookmarks plus a bound.
     settings.watching.inactivity_timeout = 70.0

@@ -25,7 +25,7 @@ from phasegate.manifests import Owner, backtest_job, flatten_job, network_policy
 from phasegate.metrics.source import MetricsSource
 from phasegate.policy.conditions import set_condition
 from phasegate.policy.desired import needs_apply
-from phasegate.policy.persistence import persist_due
+from phasegate.policy.persistence import persist_due, stable
 from phasegate.policy.rollout import Decision, decide
 
 from . import telemetry
@@ -69,6 +69,8 @@ class Memo:
     spec: Optional[StrategySpec] = None
     spec_error: Optional[str] = None
     evaluations: int = 0  # interval evaluations completed by this process
+    _stable: Optional[StrategyStatus] = None
+    _stable_of: Optional[StrategyStatus] = None
 
     def is_own(self, rv: Optional[str]) -> bool:
         return bool(rv) and (rv == self.persisted_rv or rv in self.own)
@@ -116,6 +118,14 @@ class Memo:
         self.own.append(base_rv)
         self.own.append(rv)
         self.status, self.persisted, self.persisted_wire, self.persisted_rv, self.persisted_at = status, status, wire, rv, now
+
+    def persisted_stable(self) -> Optional[StrategyStatus]:
+        """persistence.stable(persisted), computed once per write rather than on every pass."""
+        if self.persisted is None:
+            return None
+        if self._stable_of is not self.persisted:
+            self._stable, self._stable_of = stable(self.persisted), self.persisted
+        return self._stable
 
     def spec_for(self, body: dict[str, Any], status: StrategyStatus) -> tuple[Optional[StrategySpec], Optional[str]]:
         """spec_to_guard_with, parsed again only when the spec or what it depends on changed."""
@@ -239,7 +249,7 @@ class Reconciler:
         new = decision.status
         if any(e.action in URGENT_TRANSITIONS for e in decision.history):
             PRIORITY.set(True)  # a halt found by this evaluation is written and acted on unthrottled
-        if persist_due(memo.persisted, new, now, memo.persisted_at):
+        if persist_due(memo.persisted, new, now, memo.persisted_at, memo.persisted_stable()):
             await self._write_status(ns, name, memo, new, base_rv, now, obs)
         memo.status = new
         for entry in decision.history:

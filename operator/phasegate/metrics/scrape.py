@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Optional
 
 import aiohttp
+
 from ._samples import build_snapshot, group
 from .exposition import ExpositionError, samples
 from .snapshot import MetricsSnapshot, MetricsUnavailable

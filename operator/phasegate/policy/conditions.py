@@ -9,6 +9,11 @@ from typing import Optional
 from phasegate.api import Condition, ConditionType
 
 ORDER = [c.value for c in ConditionType]
+_RANK = {t: i for i, t in enumerate(ORDER)}
+
+
+def _rank(c: Condition) -> tuple[int, str]:
+    return _RANK.get(c.type, len(ORDER)), c.type
 
 
 def set_condition(
@@ -21,19 +26,27 @@ def set_condition(
     generation: Optional[int],
 ) -> list[Condition]:
     text = "Unknown" if status is None else ("True" if status else "False")
-    out = [c for c in conditions if c.type != ctype.value]
-    old = next((c for c in conditions if c.type == ctype.value), None)
-    since = old.last_transition_time if old is not None and old.status == text else now
-    out.append(
-        Condition(
-            type=ctype.value,
-            status=text,
-            reason=reason,
-            message=message,
-            last_transition_time=since,
-            observed_generation=generation,
-        )
-    )
+    given = list(conditions)
+    out = [c for c in given if c.type != ctype.value]
+    old = next((c for c in given if c.type == ctype.value), None)
+    if (old is not None and len(out) == len(given) - 1 and old.status == text and old.reason == reason
+            and old.message == message and old.observed_generation == generation):
+        out = given  # unchanged (every pass sets every condition): no new object
+    else:
+        out.append(_condition(ctype, text, reason, message, now, generation, old))
     # Known types first in a stable order, so that an unchanged set compares equal.
-    out.sort(key=lambda c: (ORDER.index(c.type) if c.type in ORDER else len(ORDER), c.type))
+    out.sort(key=_rank)
     return out
+
+
+def _condition(ctype: ConditionType, text: str, reason: str, message: str, now: datetime,
+               generation: Optional[int], old: Optional[Condition]) -> Condition:
+    since = old.last_transition_time if old is not None and old.status == text else now
+    return Condition(
+        type=ctype.value,
+        status=text,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )

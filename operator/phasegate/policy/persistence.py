@@ -42,7 +42,7 @@ HWM_TOLERANCE = Decimal("0.001")  # a relative rise of the high-water mark writt
 INDEX_MOVE = Decimal("0.005")
 
 
-def _stable(status: StrategyStatus) -> StrategyStatus:
+def stable(status: StrategyStatus) -> StrategyStatus:
     """The status with the fields that move on every read blanked out."""
     risk = status.risk
     book = risk.book
@@ -76,9 +76,10 @@ def _hwm(status: StrategyStatus) -> Optional[Decimal]:
     return status.risk.book.high_water_mark if status.risk.book is not None else None
 
 
-def significant(persisted: StrategyStatus, new: StrategyStatus) -> bool:
-    """Whether `new` differs from what is written in something that may not wait."""
-    if _stable(persisted) != _stable(new):
+def significant(persisted: StrategyStatus, new: StrategyStatus, persisted_stable: Optional[StrategyStatus] = None) -> bool:
+    """Whether `new` differs from what is written in something that may not wait.
+    `persisted_stable` is stable(persisted) when the caller kept it (it changes per write, not per pass)."""
+    if (persisted_stable if persisted_stable is not None else stable(persisted)) != stable(new):
         return True
     old_hwm, new_hwm = _hwm(persisted), _hwm(new)
     if old_hwm is not None and new_hwm is not None and new_hwm > old_hwm * (1 + HWM_TOLERANCE):
@@ -88,15 +89,15 @@ def significant(persisted: StrategyStatus, new: StrategyStatus) -> bool:
 
 
 def persist_due(persisted: Optional[StrategyStatus], new: StrategyStatus, now: datetime,
-                persisted_at: Optional[datetime]) -> bool:
+                persisted_at: Optional[datetime], persisted_stable: Optional[StrategyStatus] = None) -> bool:
     """Whether to write `new` now, given what is written (`persisted`, as of `persisted_at`)."""
     if persisted is None or persisted_at is None:
         return True
     if new == persisted:
         return False
-    if significant(persisted, new):
+    if significant(persisted, new, persisted_stable):
         return True
     return now - persisted_at >= PERSIST_EVERY or now < persisted_at
 
 
-__all__ = ["HWM_TOLERANCE", "INDEX_MOVE", "PERSIST_EVERY", "persist_due", "significant"]
+__all__ = ["HWM_TOLERANCE", "INDEX_MOVE", "PERSIST_EVERY", "persist_due", "significant", "stable"]
