@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Optional
@@ -67,6 +67,20 @@ def _unfenced(op: str, target: str) -> None:
     return None
 
 
+async def _unread(call: Awaitable[Any]) -> None:
+    """A write whose answer we do not need: the status is checked, the body is not turned into
+    the client's models (a StatefulSet's took milliseconds, on the halt path among others)."""
+    resp = await call
+    try:
+        data = await resp.read()  # read to the end, so that the connection is kept alive
+        if not 200 <= resp.status <= 299:
+            exc = ApiException(status=resp.status, reason=resp.reason)
+            exc.body = data.decode("utf-8", "replace")
+            raise exc
+    finally:
+        resp.release()
+
+
 class Kube:
     def __init__(self, api: client.ApiClient, fence: Callable[[str, str], None] = _unfenced,
                  limiter: Optional[RateLimiter] = None) -> None:
@@ -113,15 +127,15 @@ class Kube:
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         self.fence("apply", f"{kind} {ns}/{name}")
         body = json.loads(json.dumps(obj))
-        kwargs = dict(field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
+        kwargs = dict(field_manager=FIELD_MANAGER, force=True, _content_type=APPLY, _preload_content=False)
         if kind == "StatefulSet":
-            await self.apps.patch_namespaced_stateful_set(name, ns, body, **kwargs)
+            await _unread(self.apps.patch_namespaced_stateful_set(name, ns, body, **kwargs))
         elif kind == "Service":
-            await self.core.patch_namespaced_service(name, ns, body, **kwargs)
+            await _unread(self.core.patch_namespaced_service(name, ns, body, **kwargs))
         elif kind == "Job":
-            await self.batch.patch_namespaced_job(name, ns, body, **kwargs)
+            await _unread(self.batch.patch_namespaced_job(name, ns, body, **kwargs))
         elif kind == "NetworkPolicy":
-            await self.networking.patch_namespaced_network_policy(name, ns, body, **kwargs)
+            await _unread(self.networking.patch_namespaced_network_policy(name, ns, body, **kwargs))
         else:  # pragma: no cover - a programming error, not a user error
             raise ValueError(f"cannot apply {kind}")
 
@@ -130,7 +144,9 @@ class Kube:
         await self.limiter.acquire()
         self.fence("scale", f"StatefulSet {namespace}/{name}")
         try:
-            await self.apps.patch_namespaced_stateful_set(name, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE)
+            await _unread(self.apps.patch_namespaced_stateful_set(
+                name, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE, _preload_content=False,
+            ))
             return True
         except ApiException as exc:
             if exc.status == 404:

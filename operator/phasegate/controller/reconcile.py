@@ -249,8 +249,13 @@ class Reconciler:
         new = decision.status
         if any(e.action in URGENT_TRANSITIONS for e in decision.history):
             PRIORITY.set(True)  # a halt found by this evaluation is written and acted on unthrottled
-        if persist_due(memo.persisted, new, now, memo.persisted_at, memo.persisted_stable()):
-            await self._write_status(ns, name, memo, new, base_rv, now, obs)
+        stopping = self._stop_with_the_write(ns, name, decision, obs, read_metrics)
+        try:
+            if persist_due(memo.persisted, new, now, memo.persisted_at, memo.persisted_stable()):
+                await self._write_status(ns, name, memo, new, base_rv, now, obs)
+        finally:
+            if stopping is not None:
+                await stopping
         memo.status = new
         for entry in decision.history:
             self._log_transition(log, entry, ns, name, new)
@@ -269,6 +274,23 @@ class Reconciler:
             memo.evaluations += 1
         telemetry.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
         return spec, obs
+
+    def _stop_with_the_write(self, ns: str, name: str, decision: Decision, obs: Observation,
+                             read_metrics: bool) -> Optional[asyncio.Future[bool]]:
+        """The scale-down of a halt whose cause is already written, sent together with the
+        status write instead of after it (one round trip off the halt path).
+
+        Only when this pass read no metrics: its halt then follows from what the apiserver
+        holds (a breaker condition, a halt request), so whatever becomes of the status write
+        (a 409, a crash), every later pass decides the same halt again from the same cause. A
+        halt on a breach this pass read is written first and acted on after: the breach exists
+        nowhere else."""
+        desired, seen = decision.desired, obs.children
+        if (read_metrics or desired is None or desired.replicas != 0 or seen is None or not seen.statefulset
+                or not needs_apply(desired, seen)
+                or not any(e.action in (Transition.HALT, Transition.EMERGENCY) for e in decision.history)):
+            return None
+        return asyncio.ensure_future(self.kube.scale_statefulset(ns, name, 0))
 
     async def _write_status(self, ns: str, name: str, memo: Memo, new: StrategyStatus, base_rv: str, now: datetime,
                             obs: Optional[Observation] = None) -> None:
