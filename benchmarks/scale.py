@@ -87,9 +87,13 @@ class Settings:
         self.breaches = env_int("BENCH_SCALE_BREACHES", 20)
         self.parallel = env_int("BENCH_SCALE_PARALLEL", 16)
         self.metrics_port = env_int("BENCH_SCALE_METRICS_PORT", 0, minimum=0)
+        self.profile = os.environ.get("BENCH_SCALE_PROFILE", "").strip().lower() in ("1", "true", "yes")
+        # BENCH_SCALE_REPLICAS > 1: that many operator processes split the strategies into
+        # BENCH_SCALE_SHARDS shards (default: one per replica), as `--shards` deploys them.
+        self.replicas = env_int("BENCH_SCALE_REPLICAS", 1)
+        self.shards = env_int("BENCH_SCALE_SHARDS", self.replicas)
         # As deployed (the chart's two replicas elect a leader): a lone operator still renews
         # its Lease and fences its own writes when a renewal is late, which load can cause.
-        self.profile = os.environ.get("BENCH_SCALE_PROFILE", "").strip().lower() in ("1", "true", "yes")
         self.leader_elect = os.environ.get("BENCH_SCALE_LEADER_ELECT", "true").strip().lower() not in ("0", "false", "no")
         if self.halts + self.breaches > self.n:
             raise SystemExit(
@@ -205,17 +209,18 @@ OWN_READ = {OWN_READ_KEY: 1.0}
 
 
 class ProcSampler:
-    """RSS (every second) and CPU time of one process, from /proc/<pid>/stat."""
+    """RSS (every second) and CPU time of the operator's processes summed, from /proc/<pid>/stat."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
         self.rss: list[int] = []
         self.stop = threading.Event()
         self.page = os.sysconf("SC_PAGE_SIZE")
         self.clk = os.sysconf("SC_CLK_TCK")
 
     def stat(self) -> tuple[float, int]:
-        return st.proc_stat(Path(f"/proc/{self.pid}/stat").read_text())
+        stats = [st.proc_stat(Path(f"/proc/{pid}/stat").read_text()) for pid in self.pids]
+        return sum(t for t, _ in stats), sum(r for _, r in stats)
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
@@ -241,7 +246,42 @@ class ProcSampler:
             "rss_mib_max": round(max(self.rss) / 2**20, 1),
             "cpu_cores_mean": round(st.cpu_fraction(self.ticks0, self.ticks1, self.seconds, self.clk), 3),
             "samples": len(self.rss),
+            "processes": len(self.pids),
         }
+
+
+class Fleet:
+    """The operator: one process, or BENCH_SCALE_REPLICAS sharded ones read as one (their
+    metrics summed, their CPU and memory added up)."""
+
+    def __init__(self, s: Settings, kubeconfig: Path, out_dir: Path, tag: str, namespace: str) -> None:
+        env = {"PHASEGATE_LEADER_ELECT": "true" if s.leader_elect else "false"}
+        if s.replicas > 1:
+            env["PHASEGATE_SHARDS"] = str(s.shards)
+        self.ops = [
+            OperatorProcess(kubeconfig, out_dir / f"scale-operator-{tag}{'' if s.replicas == 1 else f'-{i}'}.log",
+                            namespace=namespace, env={**env, "POD_NAME": f"bench-{tag}-{i}"})
+            for i in range(s.replicas)
+        ]
+
+    def start(self) -> Fleet:
+        for op in self.ops:
+            op.start()
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [op.proc.pid for op in self.ops if op.proc is not None]
+
+    def metrics_text(self) -> str:
+        return "\n".join(op.metrics_text() for op in self.ops)
+
+    def exited(self) -> list[int]:
+        return [op.proc.returncode for op in self.ops if op.proc is not None and op.proc.poll() is not None]
+
+    def stop(self) -> None:
+        for op in self.ops:
+            op.stop()
 
 
 # ---------------------------------------------------------------- the steps
@@ -412,15 +452,15 @@ async def breaches(kubeconfig: Path, ns: str, targets: dict[str, str], server: S
 
 
 def steady_state(
-    s: Settings, op: OperatorProcess, apis: ApiserverMetrics, server: ScrapeServer, ips: dict[str, str],
+    s: Settings, op: Fleet, apis: ApiserverMetrics, server: ScrapeServer, ips: dict[str, str],
     baseline: dict[st.RequestKey, float], baseline_s: float,
 ) -> dict[str, Any]:
     window = s.window_intervals * s.interval
     op_text0 = op.metrics_text()
     before = apis.read()
     t_start = time.monotonic()
-    profiler = start_profile(s, op.proc.pid, window)  # type: ignore[union-attr]
-    with ProcSampler(op.proc.pid) as proc:  # type: ignore[union-attr]
+    profiler = start_profile(s, op.pids[0], window)
+    with ProcSampler(op.pids) as proc:
         time.sleep(window)
     if profiler is not None:
         profiler.wait(timeout=window + 60)
@@ -480,6 +520,24 @@ def start_profile(s: Settings, pid: int, window: float) -> subprocess.Popen[byte
            "--format", "raw", "--nonblocking", "--output", str(out)]
     log(f"profiling the operator into {out}")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# What the operator says of its own pauses: garbage collections, and the time from a change
+# by someone else (the benchmark's halts) to the end of the pass that acted on it.
+PAUSE_HISTOGRAMS = ("phasegate_gc_pause_seconds", "phasegate_urgent_pass_latency_seconds")
+
+
+def operator_histograms(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in PAUSE_HISTOGRAMS:
+        b = st.histogram_buckets(text, name)
+        if b is None or not b[-1][1]:
+            out[name] = "not exported" if b is None else "no observation"
+            continue
+        top = next(le for le, count in b if count == b[-1][1])  # the smallest bound above every observation
+        out[name] = {"n": b[-1][1], "p50": round(st.histogram_quantile(b, 0.5), 4),
+                     "p99": round(st.histogram_quantile(b, 0.99), 4), "max_at_most": top}
+    return out
 
 
 def operator_counters(before: str, after: str) -> dict[str, float]:
@@ -575,10 +633,11 @@ def run(s: Settings) -> dict[str, Any]:
         floor_names = [f"f{i:04d}" for i in range(s.halts)]
         setup_floor(api, floor_ns, floor_names, server.port, s)
 
-        log(f"starting the operator on {op_ns}; creating {s.n} strategies, {s.parallel} at a time")
-        op = OperatorProcess(kubeconfig, out_dir / f"scale-operator-{tag}.log", namespace=op_ns,
-                             env={"PHASEGATE_LEADER_ELECT": "true" if s.leader_elect else "false"}).start()
+        fleet = f"{s.replicas} operator replicas, {s.shards} shards" if s.replicas > 1 else "the operator"
+        log(f"starting {fleet} on {op_ns}; creating {s.n} strategies, {s.parallel} at a time")
+        op = Fleet(s, kubeconfig, out_dir, tag, op_ns).start()
         results["leader_elect"] = s.leader_elect
+        results["replicas"], results["shards"] = s.replicas, s.shards if s.replicas > 1 else 1
         names = [f"s{i:04d}" for i in range(s.n)]
         t_create = time.monotonic()
         create_all(api, op_ns, [strategy(n, s, server.port) for n in names], s.parallel)
@@ -627,14 +686,16 @@ def run(s: Settings) -> dict[str, Any]:
         log(f"breach-to-halt: {s.breaches} strategies served a portfolio value past the drawdown limit")
         targets = {n: ips[n] for n in names[s.halts : s.halts + s.breaches]}
         results["breach"] = asyncio.run(breaches(kubeconfig, op_ns, targets, server, s.interval))
-        results["operator_counters_whole_run"] = operator_counters("", op.metrics_text())
+        text = op.metrics_text()
+        results["operator_counters_whole_run"] = operator_counters("", text)
+        results["operator_histograms_whole_run"] = operator_histograms(text)
     except BaseException as exc:
         results["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         log("tearing down: the operator, the scrape server, the namespaces")
-        if op is not None and op.proc is not None and op.proc.poll() is not None:
-            results["operator_exited"] = op.proc.returncode
+        if op is not None and op.exited():
+            results["operator_exited"] = op.exited()
         elif op is not None and "operator_counters_whole_run" not in results:
             try:  # a run that failed or was stopped: how strained the operator was up to then
                 results["operator_counters_whole_run"] = operator_counters("", op.metrics_text())
@@ -702,6 +763,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"                   {ss['requests_per_evaluation']} requests per evaluation")
     print(f"  operator strain  in the window: {ss['operator_counters_in_window']}")
     print(f"                   whole run: {r['operator_counters_whole_run']}")
+    print(f"  operator pauses  {r.get('operator_histograms_whole_run')}")
     print(f"  {'path':28} {'n':>4} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
     for name, row in (("halt, operator", h["operator_ms"]), ("halt, floor", h["floor_ms"]), ("breach-to-halt", b)):
         print(f"  {name:28} {row['n']:>4} {row['p50']:>9} {row['p99']:>9} {row['max']:>9}")

@@ -18,7 +18,7 @@ from phasegate.api import StrategySpec
 from phasegate.api.spec import MetricsSourceType
 from phasegate.metrics import make_source
 
-from . import handlers, leader, telemetry
+from . import collector, handlers, leader, telemetry
 from .election_thread import ElectionThread
 from .kube import Kube, RateLimiter, load_client
 from .reconcile import Reconciler
@@ -250,8 +250,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if _state.get("metrics_port"):
         _state["runner"] = await _metrics_app(_state["metrics_port"], _state.get("bind_address") or "0.0.0.0")
     # What start-up made (modules, clients, models) lives as long as the process: out of the
-    # collector's sight, a full collection scans only what the strategies made.
+    # collector's sight at once; what the strategies make follows (controller/collector.py).
     gc.freeze()
+    _state["collector"] = asyncio.create_task(collector.keep_collections_short(), name="phasegate gc freezer")
     telemetry.log_for("-", "-").info(
         "operator started", metrics_port=_state.get("metrics_port"),
         identity=election.identity if election else None, leading=elector.leading() if elector else True,
@@ -293,6 +294,9 @@ def watchdog_probe(**_: Any) -> str:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    freezer = _state.pop("collector", None)
+    if freezer is not None:
+        freezer.cancel()
     thread = _state.pop("election_thread", None)
     _state.pop("elector", None)
     if thread is not None:
