@@ -29,7 +29,7 @@ from phasegate.api import StrategySpec, contract
 from phasegate.api.observations import Observation
 
 from . import cache, telemetry
-from .kube import PRIORITY, Conflict
+from .kube import PRIORITY, Conflict, Urgency
 from .leader import NotLeading
 from .reconcile import Memo, Reconciler
 from .shards import CURRENT_SHARD
@@ -56,6 +56,7 @@ class Loop:
     interval: float = 30.0
     last_evaluation: Optional[float] = None
     urgent_since: Optional[float] = None  # when the oldest urgent change not acted on yet arrived
+    urgency: Optional[Urgency] = None  # of the pass in flight: raised when an urgent change arrives
 
 
 LOOPS: dict[tuple[str, str], Loop] = {}
@@ -157,6 +158,8 @@ async def strategy_changed(namespace: str, name: str, type: str, body: kopf.Body
         loop.urgent_since = time.monotonic()
     if loop.reading is not None and not loop.reading.done():
         loop.reading.cancel()  # the evaluation still reading: the urgent pass goes first
+    if loop.urgency is not None:
+        loop.urgency.raise_()  # a pass past its reads finishes unthrottled, then the urgent one runs
     loop.wake.set()
 
 
@@ -201,7 +204,8 @@ async def strategy_loop(
         """(spec, completed, failed) of one pass, with its 409 retries."""
         spec: Optional[StrategySpec] = None
         carry: Optional[Observation] = None
-        PRIORITY.set(urgent)
+        me.urgency = Urgency(urgent)
+        PRIORITY.set(me.urgency)
         CURRENT_SHARD.set(SHARD_OF(namespace, name))
 
         def observing(still: bool) -> None:

@@ -25,12 +25,47 @@ FIELD_MANAGER = "phasegate"
 
 # Set for a pass that carries a halt or any other urgent change: its API calls are never
 # queued behind routine ones by the client-side rate limit.
-PRIORITY: ContextVar[bool] = ContextVar("phasegate_priority", default=False)
+class Urgency:
+    """Whether one pass's API calls skip the rate limit. Raised while they wait, when a change
+    by someone else arrives for the same strategy: the urgent pass that follows must not
+    queue behind its own strategy's routine pass, held back by the limit."""
+
+    def __init__(self, urgent: bool = False) -> None:
+        self.urgent = urgent
+        self._raised: Optional[asyncio.Event] = None
+
+    def raise_(self) -> None:
+        self.urgent = True
+        if self._raised is not None:
+            self._raised.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Sleep `timeout` seconds, or less if raised meanwhile."""
+        if self._raised is None:
+            self._raised = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._raised.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+# The urgency of the pass a call is made for (None outside a pass: throttled).
+PRIORITY: ContextVar[Optional[Urgency]] = ContextVar("phasegate_priority", default=None)
+
+
+def make_urgent() -> None:
+    """From here on, this pass's calls skip the rate limit (a halt it found is acted on now)."""
+    urgency = PRIORITY.get()
+    if urgency is None:
+        PRIORITY.set(Urgency(True))
+    else:
+        urgency.raise_()
 
 
 class RateLimiter:
     """Client-side token bucket (QPS, burst), as client-go's: a fleet of strategies must not
-    flood the apiserver. Calls made with PRIORITY set pass at once."""
+    flood the apiserver. Calls of an urgent pass (PRIORITY) pass at once, even one that was
+    already waiting when its pass became urgent."""
 
     def __init__(self, qps: float, burst: int) -> None:
         self.qps, self.burst = max(qps, 0.001), max(1, burst)
@@ -38,17 +73,22 @@ class RateLimiter:
         self.stamp = time.monotonic()
 
     async def acquire(self) -> None:
+        urgency = PRIORITY.get()
         while True:
             now = time.monotonic()
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.qps)
             self.stamp = now
-            if PRIORITY.get():
+            if urgency is not None and urgency.urgent:
                 self.tokens -= 1  # counted, never waited for
                 return
             if self.tokens >= 1:
                 self.tokens -= 1
                 return
-            await asyncio.sleep((1 - self.tokens) / self.qps)
+            wait = (1 - self.tokens) / self.qps
+            if urgency is None:
+                await asyncio.sleep(wait)
+            else:
+                await urgency.wait(wait)
 
 
 class Conflict(Exception):

@@ -30,7 +30,7 @@ from phasegate.policy.rollout import Decision, decide
 
 from . import telemetry
 from .cache import PodView, StatefulSetView
-from .kube import PRIORITY, Conflict, Kube
+from .kube import Conflict, Kube, make_urgent
 from .observe import observe, pod_refusal
 
 URGENT_TRANSITIONS = {Transition.HALT, Transition.EMERGENCY, Transition.PAUSE, Transition.REDUCE}
@@ -248,7 +248,7 @@ class Reconciler:
         decision = decide(spec, status, obs, now, meta.get("generation"), spec_error=spec_error)
         new = decision.status
         if any(e.action in URGENT_TRANSITIONS for e in decision.history):
-            PRIORITY.set(True)  # a halt found by this evaluation is written and acted on unthrottled
+            make_urgent()  # a halt found by this evaluation is written and acted on unthrottled
         stopping = self._stop_with_the_write(ns, name, decision, obs, read_metrics)
         try:
             if persist_due(memo.persisted, new, now, memo.persisted_at, memo.persisted_stable()):
