@@ -363,9 +363,12 @@ def setup_floor(api: client.ApiClient, ns: str, names: list[str], metrics_port: 
         apps.create_namespaced_stateful_set(ns, statefulset(spec, status, Owner(name, ns, created["metadata"]["uid"])))
 
 
-async def timed_halts(kubeconfig: Path, ns: str, names: list[str], timeout: float) -> tuple[list[float], list[str]]:
+async def timed_halts(kubeconfig: Path, ns: str, names: list[str], timeout: float,
+                      stopped: list[str]) -> tuple[list[float], list[str]]:
     """halt_latency.measure, except that a halt not seen within `timeout` is recorded as
-    missed instead of ending the run: at scale that is a finding, not an error."""
+    missed instead of ending the run: at scale that is a finding, not an error. A strategy
+    already at replicas 0 (an overloaded operator paused and halted it) is not timed: it
+    goes into `stopped`."""
     from kubernetes_asyncio import client as aclient
     from kubernetes_asyncio import config as aconfig
 
@@ -379,6 +382,9 @@ async def timed_halts(kubeconfig: Path, ns: str, names: list[str], timeout: floa
     missed: list[str] = []
     try:
         for name in names:
+            if name in watcher.seen:
+                stopped.append(name)
+                continue
             t0 = await trip(custom, ns, name)
             try:
                 out.append(await watcher.wait_zero(name, timeout) - t0)
@@ -401,19 +407,20 @@ async def halts(
     op_lat: list[float] = []
     floor_lat: list[float] = []
     missed: dict[str, list[str]] = {"operator": [], "floor": []}
+    stopped: dict[str, list[str]] = {"operator": [], "floor": []}
     # Small alternating batches, so that machine noise falls on both paths alike.
     for i in range(0, len(op_names), 5):
-        lat, miss = await timed_halts(kubeconfig, op_ns, op_names[i : i + 5], timeout)
+        lat, miss = await timed_halts(kubeconfig, op_ns, op_names[i : i + 5], timeout, stopped["operator"])
         op_lat += lat
         missed["operator"] += miss
-        lat, miss = await timed_halts(kubeconfig, floor_ns, floor_names[i : i + 5], timeout)
+        lat, miss = await timed_halts(kubeconfig, floor_ns, floor_names[i : i + 5], timeout, stopped["floor"])
         floor_lat += lat
         missed["floor"] += miss
     stop.set()
     floor.cancel()
     return {
         "operator_ms": st.distribution(op_lat, 1000, 1), "floor_ms": st.distribution(floor_lat, 1000, 1),
-        "timeout_s": timeout, "not_halted_within_timeout": missed,
+        "timeout_s": timeout, "not_halted_within_timeout": missed, "already_stopped": stopped,
     }
 
 
@@ -431,8 +438,13 @@ async def breaches(kubeconfig: Path, ns: str, targets: dict[str, str], server: S
 
     timeout = 6 * interval + 60
 
+    stopped: list[str] = []
+
     async def one(delay: float, name: str, ip: str) -> float | None:
         await asyncio.sleep(delay)
+        if name in watcher.seen:  # stopped before its breach (an overloaded operator halted it)
+            stopped.append(name)
+            return None
         t0 = time.perf_counter()  # CLOCK_MONOTONIC, as the watcher's
         await loop.run_in_executor(None, server.set_value, ip, BREACH_VALUE)
         try:
@@ -447,8 +459,9 @@ async def breaches(kubeconfig: Path, ns: str, targets: dict[str, str], server: S
         task.cancel()
         await api.close()
     lat = [x for x in got if x is not None]
-    missed = [n for n, x in zip(targets, got, strict=True) if x is None]
-    return {"breach_to_halt_ms": st.distribution(lat, 1000, 1), "timeout_s": timeout, "not_halted_within_timeout": missed}
+    missed = [n for n, x in zip(targets, got, strict=True) if x is None and n not in stopped]
+    return {"breach_to_halt_ms": st.distribution(lat, 1000, 1), "timeout_s": timeout, "not_halted_within_timeout": missed,
+            "already_stopped": stopped}
 
 
 def steady_state(
@@ -772,6 +785,11 @@ def report(r: dict[str, Any]) -> None:
                          ("breach-to-halt", r["breach"]["not_halted_within_timeout"])):
         if missed:
             print(f"  NOT HALTED within the timeout ({what}): {len(missed)}: {', '.join(missed)}")
+    for what, stopped in (("halt, operator", h.get("already_stopped", {}).get("operator", [])),
+                          ("breach-to-halt", r["breach"].get("already_stopped", []))):
+        if stopped:
+            print(f"  already at replicas 0, not timed ({what}: paused and halted by the operator's own lag rule): "
+                  f"{len(stopped)}")
     print(f"results: {r['_path']}")
 
 
