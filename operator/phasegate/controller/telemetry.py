@@ -100,7 +100,8 @@ def watch_gc() -> None:
         elif "t" in started:
             GC_PAUSE.labels(str(info.get("generation", ""))).observe(time.perf_counter() - started.pop("t"))
 
-    if callback not in gc.callbacks:
+    if not any(getattr(cb, "phasegate", False) for cb in gc.callbacks):  # once per process
+        callback.phasegate = True  # type: ignore[attr-defined]
         gc.callbacks.append(callback)
 
 
