@@ -23,8 +23,6 @@ APPLY = "application/apply-patch+yaml"
 FIELD_MANAGER = "phasegate"
 
 
-# Set for a pass that carries a halt or any other urgent change: its API calls are never
-# queued behind routine ones by the client-side rate limit.
 class Urgency:
     """Whether one pass's API calls skip the rate limit. Raised while they wait, when a change
     by someone else arrives for the same strategy: the urgent pass that follows must not
@@ -49,7 +47,8 @@ class Urgency:
             pass
 
 
-# The urgency of the pass a call is made for (None outside a pass: throttled).
+# The urgency of the pass a call is made for: a pass that carries a halt or any other urgent
+# change never has its API calls queued behind routine ones (None outside a pass: throttled).
 PRIORITY: ContextVar[Optional[Urgency]] = ContextVar("phasegate_priority", default=None)
 
 

@@ -264,7 +264,7 @@ class Reconciler:
         # Events (they are posted meanwhile; the watermark in status makes a lost one reposted).
         actuating = asyncio.ensure_future(self._actuate(
             owner, spec, new, decision, obs, network_policy=network_policy,
-            spec_changed=status.observed_generation != meta.get("generation"),
+            spec_changed=status.observed_generation != meta.get("generation"), scaled_down=stopping is not None,
         ))
         try:
             await self._post_events(owner, memo, now)
@@ -348,7 +348,7 @@ class Reconciler:
 
     async def _actuate(
         self, owner: Owner, spec: StrategySpec, status: StrategyStatus, decision: Decision, obs: Observation,
-        *, network_policy: bool, spec_changed: bool,
+        *, network_policy: bool, spec_changed: bool, scaled_down: bool = False,
     ) -> None:
         """Make the children what the decision says, whenever they are not (level-triggered)."""
         desired = decision.desired
@@ -369,8 +369,9 @@ class Reconciler:
                 log.warning("rung change held: the cluster refuses the new pod", refusal=refused)
                 return
         if needs_apply(desired, seen):
-            if desired.replicas == 0 and obs.children is not None and obs.children.statefulset:
-                # A halt must not wait for a full server-side apply: the smallest patch first.
+            if desired.replicas == 0 and not scaled_down and obs.children is not None and obs.children.statefulset:
+                # A halt must not wait for a full server-side apply: the smallest patch first
+                # (unless this pass sent it already, together with the status write).
                 await self.kube.scale_statefulset(owner.namespace, owner.name, 0)
             if spec.phase_named(status.phase) is not None:
                 await self.kube.apply(service(owner, spec))

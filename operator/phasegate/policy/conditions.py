@@ -29,11 +29,10 @@ def set_condition(
     given = list(conditions)
     out = [c for c in given if c.type != ctype.value]
     old = next((c for c in given if c.type == ctype.value), None)
-    if (old is not None and len(out) == len(given) - 1 and old.status == text and old.reason == reason
-            and old.message == message and old.observed_generation == generation):
-        out = given  # unchanged (every pass sets every condition): no new object
-    else:
-        out.append(_condition(ctype, text, reason, message, now, generation, old))
+    unchanged = (old is not None and len(out) == len(given) - 1 and old.status == text and old.reason == reason
+                 and old.message == message and old.observed_generation == generation)
+    # Every pass sets every condition: an unchanged one is kept as it is, no new object.
+    out.append(old if unchanged and old is not None else _condition(ctype, text, reason, message, now, generation, old))
     # Known types first in a stable order, so that an unchanged set compares equal.
     out.sort(key=_rank)
     return out
