@@ -337,11 +337,17 @@ def test_chart_runs_the_operator_under_its_own_service_account_and_rbac(
     ts.wait("alerted", lambda s: s.get("state") == "Halted", 30, "Halted by the alert")
     wait_for(lambda: ts.replicas("alerted") == 0, 20, "alerted scaled to 0")
 
-    # Leader election: the leader's pod is deleted; the standby takes the Lease.
+    # Leader election: the leader's pod is deleted. On SIGTERM it hands the Lease over before
+    # its shutdown; the standby (or, if it started fast, the pod replacing the leader) leads.
     core.delete_namespaced_pod(lead.metadata.name, release_ns)
     new_lead = wait_for(lambda: (lambda p: p if p.metadata.name != lead.metadata.name else None)(
         leader_pod(k8s, release_ns, rel)), 60, "another replica leads")
-    assert new_lead.metadata.name == standby.metadata.name
+    old_log = cluster.pods_dir / release_ns / lead.metadata.name / "operator.log"
+    events = wait_for(lambda: (lambda ev: ev if "released the leader lease" in ev else None)(
+        [json.loads(line).get("event", "") for line in old_log.read_text().splitlines() if line.startswith("{")]),
+        30, "the old leader released the Lease")
+    stopping = [i for i, e in enumerate(events) if "Operator is stopping" in e]
+    assert stopping and events.index("released the leader lease") < stopping[0], events[-20:]
     wait_for(lambda: (lambda ps: len(ps) == 2 and all(map(ready, ps)))(operator_pods(k8s, release_ns, rel)), 90,
              "the Deployment back to two Ready replicas")
     seq = ts.status("climber")["historySeq"]

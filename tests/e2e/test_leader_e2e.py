@@ -14,6 +14,7 @@ for the lease to expire as it would in another pod.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import socket
@@ -197,5 +198,42 @@ def test_sigstop_the_leader_past_its_deadline_it_writes_nothing_after_it_resumes
     finally:
         if a.proc and a.proc.poll() is None:
             a.proc.send_signal(signal.SIGCONT)
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_the_leader_hands_the_lease_over_before_its_shutdown(k8s, kubeconfig, namespace, tmp_path):
+    """A pod deleted, a rollout: SIGTERM. The leader releases the lease before kopf begins its
+    shutdown (cancelling watchers and daemons takes seconds under load), so the standby leads
+    within a retry period instead of waiting out the lease or racing the pod that replaces it."""
+    install_crd(k8s)
+    ts = Strategies(k8s, namespace)
+    a = start_operator(kubeconfig, namespace, tmp_path / "a", env=ENV)
+    wait_for(lambda: holder(k8s, namespace) == identity(a), 10, "a leads")
+    b = start_operator(kubeconfig, namespace, tmp_path / "b", env=ENV)
+    b_id = identity(b)
+    try:
+        for n in ("term-a", "term-b"):
+            ts.create(plans.strategy(n, phases=PHASES))
+        ts.wait("term-a", lambda s: s.get("phase") == "shadow", 60, "shadow")
+        termed = time.monotonic()
+        os.killpg(a.proc.pid, signal.SIGTERM)
+        wait_for(lambda: holder(k8s, namespace) == b_id, DURATION + 4, "b takes the lease", interval=0.05)
+        takeover = time.monotonic() - termed
+        a.proc.wait(30)
+        events = [line.get("event", "") for line in a.log_lines()]
+        released = events.index("released the leader lease") if "released the leader lease" in events else None
+        assert released is not None, a.tail()
+        stopping = [i for i, e in enumerate(events) if "Operator is stopping" in e]
+        assert stopping, a.tail()
+        assert released < stopping[0], "the lease was released only after kopf began its shutdown"
+        # Released, not expired: the standby did not wait for the lease duration.
+        assert takeover < DURATION, f"the standby took {takeover:.2f}s, the lease duration is {DURATION}s"
+        for n in ("term-a", "term-b"):
+            ts.wait(n, lambda s: s.get("state") == "Completed", 90, f"{n} Completed under b")
+            check_history(ts, n)
+        print(f"\nSIGTERM takeover after {takeover:.2f}s")
+    finally:
         a.stop()
         b.stop()

@@ -76,6 +76,7 @@ def unsharded(namespace: str, name: str) -> Optional[int]:
 SHARD_OF: Callable[[str, str], Optional[int]] = unsharded
 STANDBY_POLL = 5.0  # a standby's loops are woken when it starts leading; this is only a backstop
 WATCHDOG_INTERVALS = 3.0
+URGENT_LATE = 1.0  # seconds from someone's change to the end of the pass acting on it: worth a warning
 # Interval evaluations in flight at once (each mostly waits on a scrape).
 EVALUATION_SLOTS = asyncio.Semaphore(int(os.environ.get("PHASEGATE_MAX_CONCURRENT_EVALUATIONS", "256")))
 
@@ -286,7 +287,11 @@ async def strategy_loop(
             elif failed:
                 next_tick = min(next_tick, aio.time() + 1.0)  # a failed write is repaired soon, not next interval
             if urgent and me.urgent_since is not None and not me.urgent:
-                telemetry.URGENT_LATENCY.observe(time.monotonic() - me.urgent_since)
+                waited = time.monotonic() - me.urgent_since
+                telemetry.URGENT_LATENCY.observe(waited)
+                if waited > URGENT_LATE:
+                    log.warning("urgent change acted on late", waited_s=round(waited, 3),
+                                watching_for_s=round(time.monotonic() - me.started, 1), completed=completed)
                 me.urgent_since = None
     finally:
         LOOPS.pop((namespace, name), None)
