@@ -540,10 +540,13 @@ def start_profile(s: Settings, pid: int, window: float) -> subprocess.Popen[byte
 PAUSE_HISTOGRAMS = ("phasegate_gc_pause_seconds", "phasegate_urgent_pass_latency_seconds")
 
 
-def operator_histograms(text: str) -> dict[str, Any]:
+def operator_histograms(text: str, before: str = "") -> dict[str, Any]:
+    """The pause histograms of `text`, less what `before` (an earlier read) had counted."""
     out: dict[str, Any] = {}
     for name in PAUSE_HISTOGRAMS:
         b = st.histogram_buckets(text, name)
+        if b is not None and before:
+            b = st.bucket_delta(st.histogram_buckets(before, name), b)
         if b is None or not b[-1][1]:
             out[name] = "not exported" if b is None else "no observation"
             continue
@@ -686,6 +689,7 @@ def run(s: Settings) -> dict[str, Any]:
         time.sleep(2 * s.interval)  # the first evaluations after the create settle
 
         log(f"steady state: {s.window_intervals} intervals of {s.interval:g}s, no request from the benchmark")
+        after_setup = op.metrics_text()
         results["steady_state"] = steady_state(s, op, apis, server, ips, baseline, baseline_s)
         ss = results["steady_state"]
         log(f"  operator RSS {ss['operator_process']['rss_mib_mean']} MiB, CPU {ss['operator_process']['cpu_cores_mean']} cores; "
@@ -702,6 +706,8 @@ def run(s: Settings) -> dict[str, Any]:
         text = op.metrics_text()
         results["operator_counters_whole_run"] = operator_counters("", text)
         results["operator_histograms_whole_run"] = operator_histograms(text)
+        # Without the creation of N strategies: the steady window, the halts and the breaches.
+        results["operator_histograms_after_setup"] = operator_histograms(text, after_setup)
     except BaseException as exc:
         results["error"] = f"{type(exc).__name__}: {exc}"
         raise
@@ -776,7 +782,8 @@ def report(r: dict[str, Any]) -> None:
     print(f"                   {ss['requests_per_evaluation']} requests per evaluation")
     print(f"  operator strain  in the window: {ss['operator_counters_in_window']}")
     print(f"                   whole run: {r['operator_counters_whole_run']}")
-    print(f"  operator pauses  {r.get('operator_histograms_whole_run')}")
+    print(f"  operator pauses  whole run: {r.get('operator_histograms_whole_run')}")
+    print(f"                   after set-up: {r.get('operator_histograms_after_setup')}")
     print(f"  {'path':28} {'n':>4} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
     for name, row in (("halt, operator", h["operator_ms"]), ("halt, floor", h["floor_ms"]), ("breach-to-halt", b)):
         print(f"  {name:28} {row['n']:>4} {row['p50']:>9} {row['p99']:>9} {row['max']:>9}")

@@ -19,7 +19,7 @@ from phasegate.api import StrategySpec
 from phasegate.api.spec import MetricsSourceType
 from phasegate.metrics import make_source
 
-from . import collector, handlers, leader, telemetry
+from . import collector, handlers, leader, lean_bodies, telemetry
 from .election_thread import ElectionThread
 from .kube import Kube, RateLimiter, load_client
 from .reconcile import Reconciler
@@ -373,6 +373,7 @@ def run(
     if liveness_port:
         host = f"[{bind_address}]" if ":" in bind_address else bind_address
         kwargs["liveness_endpoint"] = f"http://{host}:{liveness_port}/healthz"
+    lean_bodies.install()
     asyncio.run(_operate(kwargs))
 
 
