@@ -101,6 +101,10 @@ bench: venv binaries ## Benchmarks (halt latency, breach-to-halt, leader failove
 bench-failover: venv binaries ## The leader-failover benchmark alone (BENCH_FAILOVERS=10 per series; about 6 minutes).
 	$(PY) -m benchmarks.failover
 
+.PHONY: bench-pass
+bench-pass: venv ## One evaluation's CPU, in process, no cluster (BENCH_PASS_N, BENCH_PASS_PROFILE=1); seconds, for side-by-side runs.
+	$(PY) -m benchmarks.pass_cost
+
 .PHONY: bench-scale
 bench-scale: venv binaries ## Scale: BENCH_SCALE_N (1000) live strategies on one operator; apiserver load, lag, RSS/CPU, halts.
 	$(PY) -m benchmarks.scale

@@ -19,6 +19,12 @@ _LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\\n]|\
 _CLOSE = re.compile(r"[ \t]*\}")
 _ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 _ESCAPE = re.compile(r"\\.")
+# The shape nearly every line has (one space before the value, no timestamp, no escapes in
+# label values): read with one match. Anything else goes through the full reading below,
+# which also names the error of a bad line.
+_PAIR_TEXT = r'[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"'
+_FAST = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:%s(?:,%s)*,?)?)\})? ([^ \t]+)" % (_PAIR_TEXT, _PAIR_TEXT))
+_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"\\\n]*)"')
 _SPECIAL = {"+Inf": Decimal("Infinity"), "Inf": Decimal("Infinity"), "-Inf": Decimal("-Infinity"), "NaN": Decimal("NaN")}
 
 
@@ -77,25 +83,38 @@ def samples(text: str) -> Iterator[Sample]:
         line = raw.strip(" \t\r")
         if not line or line[0] == "#":
             continue
-        m = _NAME.match(line)
-        if m is None:
-            raise ExpositionError(f"line {lineno}: no metric name: {line!r}")
-        name, pos = m.group(0), m.end()
-        labels: dict[str, str] = {}
-        brace = pos
-        while brace < len(line) and line[brace] in " \t":
-            brace += 1
-        if brace < len(line) and line[brace] == "{":
-            labels, pos = _labels(line, brace, lineno)
-        rest = line[pos:]
-        if rest and rest[0] not in " \t":
-            raise ExpositionError(f"line {lineno}: expected a space before the value: {line!r}")
-        parts = rest.split()
-        if not parts or len(parts) > 2:
-            raise ExpositionError(f"line {lineno}: expected a value and at most a timestamp: {line!r}")
-        if len(parts) == 2 and not parts[1].lstrip("-").isdigit():
-            raise ExpositionError(f"line {lineno}: timestamp {parts[1]!r} is not in milliseconds: {line!r}")
-        yield name, labels, _value(parts[0], line, lineno)
+        fast = _FAST.fullmatch(line)
+        if fast is not None:
+            name, inner, token = fast.groups()
+            pairs = _PAIR.findall(inner) if inner else []
+            labels = dict(pairs)
+            if len(labels) == len(pairs):  # a label given twice: the full reading says so
+                yield name, labels, _value(token, line, lineno)
+                continue
+        yield read_line(line, lineno)
+
+
+def read_line(line: str, lineno: int) -> Sample:
+    """One sample line (stripped, not a comment), read in full."""
+    m = _NAME.match(line)
+    if m is None:
+        raise ExpositionError(f"line {lineno}: no metric name: {line!r}")
+    name, pos = m.group(0), m.end()
+    labels: dict[str, str] = {}
+    brace = pos
+    while brace < len(line) and line[brace] in " \t":
+        brace += 1
+    if brace < len(line) and line[brace] == "{":
+        labels, pos = _labels(line, brace, lineno)
+    rest = line[pos:]
+    if rest and rest[0] not in " \t":
+        raise ExpositionError(f"line {lineno}: expected a space before the value: {line!r}")
+    parts = rest.split()
+    if not parts or len(parts) > 2:
+        raise ExpositionError(f"line {lineno}: expected a value and at most a timestamp: {line!r}")
+    if len(parts) == 2 and not parts[1].lstrip("-").isdigit():
+        raise ExpositionError(f"line {lineno}: timestamp {parts[1]!r} is not in milliseconds: {line!r}")
+    return name, labels, _value(parts[0], line, lineno)
 
 
 __all__ = ["ExpositionError", "Sample", "samples"]

@@ -25,17 +25,41 @@ def set_condition(
     now: datetime,
     generation: Optional[int],
 ) -> list[Condition]:
-    text = "Unknown" if status is None else ("True" if status else "False")
-    given = list(conditions)
-    out = [c for c in given if c.type != ctype.value]
-    old = next((c for c in given if c.type == ctype.value), None)
-    unchanged = (old is not None and len(out) == len(given) - 1 and old.status == text and old.reason == reason
-                 and old.message == message and old.observed_generation == generation)
-    # Every pass sets every condition: an unchanged one is kept as it is, no new object.
-    out.append(old if unchanged and old is not None else _condition(ctype, text, reason, message, now, generation, old))
-    # Known types first in a stable order, so that an unchanged set compares equal.
-    out.sort(key=_rank)
-    return out
+    return ConditionSet(conditions, now, generation).set(ctype, status, reason, message).result()
+
+
+class ConditionSet:
+    """Several conditions set in one go, sorted once: a pass sets every condition, and ten
+    copies and sorts of the list were a tenth of its decision."""
+
+    def __init__(self, conditions: Iterable[Condition], now: datetime, generation: Optional[int]) -> None:
+        self.given = list(conditions)
+        self.now, self.generation = now, generation
+        self._set: dict[str, Condition] = {}
+
+    def set(self, ctype: ConditionType, status: bool | None, reason: str, message: str) -> ConditionSet:
+        text = "Unknown" if status is None else ("True" if status else "False")
+        t = ctype.value
+        old = self._set.get(t)
+        single = True
+        if old is None:
+            same = [c for c in self.given if c.type == t]
+            old, single = (same[0] if same else None), len(same) == 1
+        unchanged = (old is not None and single and old.status == text and old.reason == reason
+                     and old.message == message and old.observed_generation == self.generation)
+        # An unchanged condition is kept as it is, no new object.
+        self._set[t] = old if unchanged and old is not None else _condition(
+            ctype, text, reason, message, self.now, self.generation, old)
+        return self
+
+    def result(self) -> list[Condition]:
+        if not self._set:
+            return list(self.given)
+        out = [c for c in self.given if c.type not in self._set]
+        out.extend(self._set.values())
+        # Known types first in a stable order, so that an unchanged set compares equal.
+        out.sort(key=_rank)
+        return out
 
 
 def _condition(ctype: ConditionType, text: str, reason: str, message: str, now: datetime,

@@ -53,7 +53,7 @@ from phasegate.api.status import (
 
 from . import accounting
 from . import holds as H
-from .conditions import set_condition
+from .conditions import ConditionSet
 from .desired import Desired, desired_for, mismatch
 from .emergency import begin_emergency, begin_emergency_on_breach, flatten_wanted, progress
 from .gates import evaluate_backtest_gates, evaluate_metric_gates, start_phase_window
@@ -686,51 +686,49 @@ def _reason_of(d: Draft, state: State) -> tuple[bool, str]:
 def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
     now, gen = d.now, d.observed_generation
     state = d.state()
-    conds = d.conditions
+    conds = ConditionSet(d.conditions, now, gen)
     risk_holds = sorted({h.source for h in d.holds if h.cause is Cause.RISK_LIMIT_BREACHED})
     circuit = sorted({h.source for h in d.holds if h.cause is Cause.CIRCUIT_BREAKER_TRIPPED})
-    conds = set_condition(conds, ConditionType.RISK_LIMIT_BREACHED, bool(risk_holds),
-                          _camel(risk_holds[0]) if risk_holds else "WithinLimits",
-                          "; ".join(h.reason for h in d.holds if h.cause is Cause.RISK_LIMIT_BREACHED), now, gen)
-    conds = set_condition(conds, ConditionType.CIRCUIT_BREAKER_TRIPPED, bool(circuit),
-                          _camel(circuit[0]) if circuit else "Closed",
-                          "; ".join(h.reason for h in d.holds if h.cause is Cause.CIRCUIT_BREAKER_TRIPPED), now, gen)
+    conds.set(ConditionType.RISK_LIMIT_BREACHED, bool(risk_holds),
+              _camel(risk_holds[0]) if risk_holds else "WithinLimits",
+              "; ".join(h.reason for h in d.holds if h.cause is Cause.RISK_LIMIT_BREACHED))
+    conds.set(ConditionType.CIRCUIT_BREAKER_TRIPPED, bool(circuit),
+              _camel(circuit[0]) if circuit else "Closed",
+              "; ".join(h.reason for h in d.holds if h.cause is Cause.CIRCUIT_BREAKER_TRIPPED))
     phase = d.current
     health = d.metrics
     if phase is None or phase.mode is Mode.BACKTEST:
         for ctype in (ConditionType.METRICS_AVAILABLE, ConditionType.RISK_GUARDED):
-            conds = set_condition(conds, ctype, None, "NotApplicable", "no strategy pod in this phase", now, gen)
+            conds.set(ctype, None, "NotApplicable", "no strategy pod in this phase")
     else:
         if health.consecutive_errors > 0:
-            conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, False, "MetricsUnavailable",
-                                  f"{health.consecutive_errors} consecutive failed reads: {health.last_error}", now, gen)
+            conds.set(ConditionType.METRICS_AVAILABLE, False, "MetricsUnavailable",
+                      f"{health.consecutive_errors} consecutive failed reads: {health.last_error}")
         elif health.last_success_at is not None:
-            conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, True, "MetricsRead", "the last read succeeded",
-                                  now, gen)
+            conds.set(ConditionType.METRICS_AVAILABLE, True, "MetricsRead", "the last read succeeded")
         else:
-            conds = set_condition(conds, ConditionType.METRICS_AVAILABLE, None, "NotYetRead", "no metrics read yet", now, gen)
+            conds.set(ConditionType.METRICS_AVAILABLE, None, "NotYetRead", "no metrics read yet")
         configured = sorted(configured_limits(d.spec))
         if d.risk.unchecked:
-            conds = set_condition(conds, ConditionType.RISK_GUARDED, False, "LimitsNotChecked",
-                                  "; ".join(d.risk.unchecked), now, gen)
+            conds.set(ConditionType.RISK_GUARDED, False, "LimitsNotChecked",
+                      "; ".join(d.risk.unchecked))
         elif health.last_success_at is None:
-            conds = set_condition(conds, ConditionType.RISK_GUARDED, None, "NotYetRead", "no metrics read yet", now, gen)
+            conds.set(ConditionType.RISK_GUARDED, None, "NotYetRead", "no metrics read yet")
         else:
-            conds = set_condition(conds, ConditionType.RISK_GUARDED, True, "AllLimitsChecked",
-                                  "checked at the last read: " + ", ".join(configured), now, gen)
-    conds = set_condition(conds, ConditionType.POD_CREATE_FAILED, d.refused is not None,
-                          "AdmissionRefused" if d.refused else "PodAdmitted", d.refused or "", now, gen)
-    conds = set_condition(conds, ConditionType.SPEC_INVALID, spec_error is not None,
-                          "SpecUnreadable" if spec_error else "SpecRead", spec_error or "", now, gen)
+            conds.set(ConditionType.RISK_GUARDED, True, "AllLimitsChecked",
+                      "checked at the last read: " + ", ".join(configured))
+    conds.set(ConditionType.POD_CREATE_FAILED, d.refused is not None,
+              "AdmissionRefused" if d.refused else "PodAdmitted", d.refused or "")
+    conds.set(ConditionType.SPEC_INVALID, spec_error is not None,
+              "SpecUnreadable" if spec_error else "SpecRead", spec_error or "")
     halted = state in (State.HALTED, State.EMERGENCY_STOPPED)
-    conds = set_condition(conds, ConditionType.HALTED, halted, state.value if halted else "Trading",
-                          d.message if halted else "", now, gen)
+    conds.set(ConditionType.HALTED, halted, state.value if halted else "Trading",
+              d.message if halted else "")
     ready, reason = _reason_of(d, state)
-    conds = set_condition(conds, ConditionType.READY, ready, reason, d.message, now, gen)
+    conds.set(ConditionType.READY, ready, reason, d.message)
     stalled = ("CeilingReached", "AwaitingApproval", "RiskUnguarded", "PodCreateFailed")
     progressing = state in (State.PROGRESSING, State.VALIDATING) and reason not in stalled
-    conds = set_condition(conds, ConditionType.PROGRESSING, progressing, "Climbing" if progressing else reason, d.message,
-                          now, gen)
+    conds.set(ConditionType.PROGRESSING, progressing, "Climbing" if progressing else reason, d.message)
 
     desired: Optional[Desired] = None
     status = d.to_status()
@@ -738,16 +736,15 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
         desired = desired_for(d.spec, status, d.emergency.id if d.emergency is not None and flatten_wanted(d.emergency) else None)
         why = mismatch(desired, obs.children)
         if obs.children is None:
-            conds = set_condition(conds, ConditionType.ACTUATED, None, "NotObserved", "the children were not observed", now, gen)
+            conds.set(ConditionType.ACTUATED, None, "NotObserved", "the children were not observed")
         else:
-            conds = set_condition(conds, ConditionType.ACTUATED, why is None, "Actuated" if why is None else "Pending",
-                                  why or ("stopped: replicas 0 and no pod left" if desired.replicas == 0
-                                          else "the pod runs the decided template"),
-                                  now, gen)
+            conds.set(ConditionType.ACTUATED, why is None, "Actuated" if why is None else "Pending",
+                      why or ("stopped: replicas 0 and no pod left" if desired.replicas == 0
+                              else "the pod runs the decided template"))
     elif d.stopped:
         # The spec does not say what the pod is, but a halt needs no spec: stop it.
         desired = Desired(replicas=0, key="", backtest_job=False, flatten_job=None)
-    d.conditions = conds
+    d.conditions = conds.result()
     status = d.to_status()
     if d.base is not None and status.model_copy(update={"clock": d.base.clock}) == d.base:
         # Nothing else changed: time alone is no reason to write (a write wakes another pass).

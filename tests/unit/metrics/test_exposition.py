@@ -7,12 +7,12 @@ import math
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from phasegate.metrics.exposition import ExpositionError, samples
+from phasegate.metrics.exposition import ExpositionError, read_line, samples
 
 label_values = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 numbers = st.floats(allow_nan=True, allow_infinity=True, width=64)
@@ -89,3 +89,42 @@ def test_the_syntax_the_format_allows() -> None:
 def test_a_bad_line_is_an_error_naming_it(line: str) -> None:
     with pytest.raises(ExpositionError, match="line 2"):
         list(samples("ok 1\n" + line + "\n"))
+
+
+# Lines made of the pieces a sample line has, near misses included: the one-match reading of
+# the common shape must agree with the full reading on every one (same sample, or an error).
+_PIECES = st.sampled_from(['a', 'b_c', ':x', '9', '{', '}', '="1"', '="\\\\n"', '="}"', 'le', ',', ' ', '  ', '\t',
+                           '1', '-1', '+Inf', 'NaN', '1e3', '12345', 'x="2"', 'x="3"', '"', '\\'])
+
+
+def _full(line: str) -> object:
+    try:
+        return read_line(line, 1)
+    except ExpositionError as exc:
+        return ("error", str(exc))
+
+
+def _fast(line: str) -> object:
+    try:
+        return list(samples(line))[0]
+    except ExpositionError as exc:
+        return ("error", str(exc))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_PIECES, min_size=1, max_size=9).map("".join))
+@example('a{x="2"le="3"} 1')  # no comma between labels
+@example('a{x="2",,x="3"} 1')
+@example('a{,} 1')
+@example('a{x="2",x="3"} 1')  # a label twice
+@example('a{x="1"}1')  # no space before the value
+@example('a{x="1"} 1 2 3')
+def test_the_fast_reading_agrees_with_the_full_one(raw: str) -> None:
+    line = raw.strip(" \t\r")
+    if not line or line[0] == "#" or "\n" in line:
+        return
+    fast, full = _fast(line), _full(line)
+    if isinstance(full, tuple) and full and full[0] == "error":
+        assert isinstance(fast, tuple) and fast[0] == "error", (line, fast, full)
+    else:
+        assert fast == full, line

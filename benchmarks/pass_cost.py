@@ -1,0 +1,217 @@
+"""What one evaluation costs the operator in CPU, in process, without a cluster.
+
+`make bench-scale` measures the whole operator on a control plane in about ten minutes, with
+the apiserver and kwok on the same two cores. This measures the pass alone in seconds, to
+compare code states side by side: the operator's Reconciler, its real scrape source over
+one keep-alive session against the benchmark's scrape server (its own process), the real
+policy, and a Kube double that answers writes at once. The clock moves one interval per
+round, so status writes fall at the cadence of a live strategy (policy/persistence.py).
+
+What it leaves out, on purpose: kopf's handling of watch events (the echo of each status
+write), the apiserver's own work, and the event loop's scheduling of thousands of loops.
+bench-scale has those.
+
+  BENCH_PASS_N        strategies (200)
+  BENCH_PASS_ROUNDS   measured rounds, one interval of the fake clock each (36)
+  BENCH_PASS_PROFILE  1: the 25 functions with the most CPU of their own (cProfile)
+
+It prints CPU microseconds per evaluation, and writes .state/bench/pass-cost.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import cProfile
+import functools
+import io
+import json
+import os
+import pstats
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import aiohttp
+
+from phasegate.api import StrategySpec, contract
+from phasegate.controller import telemetry
+from phasegate.controller.cache import PodView, StatefulSetView
+from phasegate.controller.reconcile import Memo, Reconciler
+from phasegate.metrics import make_source
+
+from .scale import CAPITAL, ROOT, ScrapeServer, strategy
+
+INTERVAL = timedelta(seconds=10)
+
+
+class Kube:
+    """Answers every call the pass makes at once, and keeps the StatefulSet it was given."""
+
+    def __init__(self) -> None:
+        self.rv = 1000
+        self.statefulsets: dict[str, dict[str, Any]] = {}
+        self.calls: dict[str, int] = {}
+
+    def _count(self, op: str) -> None:
+        self.calls[op] = self.calls.get(op, 0) + 1
+
+    def fence(self, op: str, target: str) -> None:
+        return None
+
+    async def patch_status(self, ns: str, name: str, status: dict[str, Any], rv: str) -> dict[str, Any]:
+        self._count("patch_status")
+        self.rv += 1
+        return {"metadata": {"resourceVersion": str(self.rv)}}
+
+    async def apply(self, obj: dict[str, Any]) -> None:
+        self._count(f"apply {obj['kind']}")
+        if obj["kind"] == "StatefulSet":
+            self.statefulsets[obj["metadata"]["name"]] = obj
+
+    async def scale_statefulset(self, ns: str, name: str, replicas: int) -> bool:
+        self._count("scale")
+        return True
+
+    async def create_event(self, **_: Any) -> None:
+        self._count("event")
+
+    async def delete_network_policy(self, ns: str, name: str) -> None:
+        self._count("delete networkpolicy")
+
+    async def dry_run_pod(self, ns: str, pod: dict[str, Any]) -> Optional[str]:
+        self._count("dry run")
+        return None
+
+    async def get_job(self, ns: str, name: str) -> None:
+        self._count("get job")
+        return None
+
+    async def create_job(self, job: dict[str, Any]) -> None:
+        self._count("create job")
+
+    async def job_pods(self, ns: str, job: str) -> list[Any]:
+        return []
+
+
+class Strategy:
+    def __init__(self, i: int, port: int) -> None:
+        self.name = f"pass-{i:05d}"
+        self.body = strategy(self.name, SimpleNamespace(interval_text="10s"), port)  # type: ignore[arg-type]
+        self.body["metadata"].update(namespace="bench", uid=f"uid-{i:08d}", resourceVersion="1", generation=1)
+        self.ip = f"127.101.{i // 250}.{i % 250 + 1}"
+        self.memo = Memo()
+        self.pod: Optional[PodView] = None
+        self.sts: Optional[StatefulSetView] = None
+
+    def children(self, kube: Kube) -> None:
+        """The pod and StatefulSet the watch caches would hold once the StatefulSet applied ran."""
+        obj = kube.statefulsets.get(self.name)
+        if obj is None:
+            return
+        notes = obj["spec"]["template"]["metadata"].get("annotations") or {}
+        self.sts = StatefulSetView(name=self.name, replicas=obj["spec"]["replicas"],
+                                   desired_key=obj["metadata"]["annotations"][contract.ANNOTATION_DESIRED_KEY])
+        self.pod = PodView(name=f"{self.name}-0", uid=f"pod-{self.name}", ip=self.ip, ready=True,
+                           notes={k: v for k, v in notes.items() if k.startswith("phasegate.dev/")})
+
+    def echo(self) -> None:
+        """What kopf hands the next pass: the object at the resourceVersion of our last write."""
+        if self.memo.persisted_rv:
+            self.body["metadata"]["resourceVersion"] = self.memo.persisted_rv
+            self.body["status"] = self.memo.persisted_wire
+
+
+async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
+    log_path = ROOT / ".state" / "bench" / "pass-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    server = ScrapeServer(0, CAPITAL, log_path)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=75.0), trust_env=False)
+    clock = [datetime(2026, 12, 1, tzinfo=UTC)]
+    kube = Kube()
+    sources: dict[str, Any] = {}
+
+    def source_for(spec: StrategySpec) -> Any:
+        return sources.setdefault("scrape", make_source(spec, session=session))
+
+    rec = Reconciler(kube, source_for, clock=lambda: clock[0], identity="bench")  # type: ignore[arg-type]
+    fleet = [Strategy(i, server.port) for i in range(n)]
+    slots = asyncio.Semaphore(256)
+
+    async def one(s: Strategy, read: bool) -> None:
+        async with slots:
+            s.echo()
+            await rec.reconcile(dict(s.body), memo=s.memo, trigger="interval" if read else "event", read_metrics=read,
+                                pod=s.pod, sts=s.sts)
+            s.children(kube)
+
+    async def round_(read: bool) -> None:
+        await asyncio.gather(*(one(s, read) for s in fleet))
+        clock[0] += INTERVAL
+
+    try:
+        await round_(False)  # the first pass of each: status and children made
+        for _ in range(3):  # warm: at the live rung, metrics read, caches filled
+            await round_(True)
+        calls_before = dict(kube.calls)
+        prof = cProfile.Profile() if profile else None
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        if prof is not None:
+            prof.enable()
+        for _ in range(rounds):
+            await round_(True)
+        if prof is not None:
+            prof.disable()
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    finally:
+        await session.close()
+        server.stop()
+    evaluations = n * rounds
+    phases = {s.memo.status.phase if s.memo.status else None for s in fleet}
+    out: dict[str, Any] = {
+        "strategies": n, "rounds": rounds, "evaluations": evaluations,
+        "cpu_us_per_evaluation": round(cpu / evaluations * 1e6, 1),
+        "wall_us_per_evaluation": round(wall / evaluations * 1e6, 1),
+        "calls_per_evaluation": {k: round((v - calls_before.get(k, 0)) / evaluations, 4)
+                                 for k, v in sorted(kube.calls.items()) if v != calls_before.get(k, 0)},
+        "phases": sorted(p or "-" for p in phases),
+    }
+    if prof is not None:
+        buf = io.StringIO()
+        stats = pstats.Stats(prof, stream=buf)
+        stats.sort_stats(os.environ.get("BENCH_PASS_SORT") or "tottime").print_stats(int(os.environ.get("BENCH_PASS_TOP") or 25))
+        out["profile"] = buf.getvalue()
+    return out
+
+
+def main() -> None:
+    # The operator's JSON logging, into a file: its cost is part of a pass, its lines are not output.
+    log_file = ROOT / ".state" / "bench" / "pass-operator.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(log_file, "w") as sink:
+        os.dup2(sink.fileno(), 1)
+    sys.stdout = os.fdopen(os.dup(1), "w")
+    telemetry.configure_logging(False)
+    report = os.fdopen(saved, "w")
+    n = int(os.environ.get("BENCH_PASS_N") or 200)
+    rounds = int(os.environ.get("BENCH_PASS_ROUNDS") or 36)
+    profile = os.environ.get("BENCH_PASS_PROFILE") == "1"
+    result = asyncio.run(run(n, rounds, profile))
+    text = result.pop("profile", None)
+    path = ROOT / ".state" / "bench" / "pass-cost.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print = functools.partial(builtins.print, file=report, flush=True)  # noqa: A001
+    print(f"[bench-pass] {result['evaluations']} evaluations of {n} strategies at {', '.join(result['phases'])}: "
+          f"{result['cpu_us_per_evaluation']} us CPU each ({result['wall_us_per_evaluation']} us wall)")
+    print(f"[bench-pass] calls per evaluation: {result['calls_per_evaluation']}")
+    if text:
+        print(text)
+    print(f"[bench-pass] written to {path}")
+
+
+if __name__ == "__main__":
+    main()
