@@ -134,7 +134,9 @@ async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
     sources: dict[str, Any] = {}
 
     def source_for(spec: StrategySpec) -> Any:
-        return sources.setdefault("scrape", make_source(spec, session=session))
+        if "scrape" not in sources:
+            sources["scrape"] = make_source(spec, session=session)
+        return sources["scrape"]
 
     rec = Reconciler(kube, source_for, clock=lambda: clock[0], identity="bench")  # type: ignore[arg-type]
     fleet = [Strategy(i, server.port) for i in range(n)]
@@ -182,6 +184,8 @@ async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
         buf = io.StringIO()
         stats = pstats.Stats(prof, stream=buf)
         stats.sort_stats(os.environ.get("BENCH_PASS_SORT") or "tottime").print_stats(int(os.environ.get("BENCH_PASS_TOP") or 25))
+        if os.environ.get("BENCH_PASS_CALLERS"):  # who calls the functions matching this
+            stats.print_callers(os.environ["BENCH_PASS_CALLERS"])
         out["profile"] = buf.getvalue()
     return out
 

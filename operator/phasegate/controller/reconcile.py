@@ -25,7 +25,7 @@ from phasegate.manifests import Owner, backtest_job, flatten_job, network_policy
 from phasegate.metrics.source import MetricsSource
 from phasegate.policy.conditions import set_condition
 from phasegate.policy.desired import needs_apply
-from phasegate.policy.persistence import persist_due, stable
+from phasegate.policy.persistence import Stable, persist_due, stable
 from phasegate.policy.rollout import Decision, decide
 
 from . import telemetry
@@ -69,7 +69,7 @@ class Memo:
     spec: Optional[StrategySpec] = None
     spec_error: Optional[str] = None
     evaluations: int = 0  # interval evaluations completed by this process
-    _stable: Optional[StrategyStatus] = None
+    _stable: Optional[Stable] = None
     _stable_of: Optional[StrategyStatus] = None
 
     def is_own(self, rv: Optional[str]) -> bool:
@@ -119,7 +119,7 @@ class Memo:
         self.own.append(rv)
         self.status, self.persisted, self.persisted_wire, self.persisted_rv, self.persisted_at = status, status, wire, rv, now
 
-    def persisted_stable(self) -> Optional[StrategyStatus]:
+    def persisted_stable(self) -> Optional[Stable]:
         """persistence.stable(persisted), computed once per write rather than on every pass."""
         if self.persisted is None:
             return None

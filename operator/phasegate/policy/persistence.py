@@ -28,7 +28,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Optional
+from typing import Any, Optional
+
+from pydantic import BaseModel
 
 from phasegate.api.status import StrategyStatus
 
@@ -42,32 +44,43 @@ HWM_TOLERANCE = Decimal("0.001")  # a relative rise of the high-water mark writt
 INDEX_MOVE = Decimal("0.005")
 
 
-def stable(status: StrategyStatus) -> StrategyStatus:
+# What a status compares as, volatile fields blanked: a tuple of its fields' values, nested
+# the same way. Comparing it needs no copy of the models (copies of the status, its risk book,
+# metrics and every condition were a tenth of a pass).
+Stable = tuple[Any, ...]
+
+
+def _blanked(model: BaseModel, blank: dict[str, Any]) -> Stable:
+    """Every field of `model` in order, those named in `blank` replaced by the value given."""
+    assert blank.keys() <= type(model).model_fields.keys(), f"not fields of {type(model).__name__}: {blank.keys()}"
+    return tuple(blank[f] if f in blank else getattr(model, f) for f in type(model).model_fields)
+
+
+def stable(status: StrategyStatus) -> Stable:
     """The status with the fields that move on every read blanked out."""
     risk = status.risk
     book = risk.book
-    if book is not None:
-        book = book.model_copy(update={"index": Decimal(1), "high_water_mark": Decimal(1),
-                                       "last_value": None, "last_capital": None})
-    risk = risk.model_copy(update={
-        "book": book, "last_sample_at": None, "counters": {}, "rate_since": None, "rate_counters": {},
+    book_form = None if book is None else _blanked(book, {
+        "index": Decimal(1), "high_water_mark": Decimal(1), "last_value": None, "last_capital": None})
+    risk_form = _blanked(risk, {
+        "book": book_form, "last_sample_at": None, "counters": {}, "rate_since": None, "rate_counters": {},
         "window_totals": {}, "window_counters": {}, "window_started_at": None,
     })
     metrics = status.metrics
     read_at = metrics.phase_pod_read_at
     if read_at is not None and status.phase_started_at is not None and read_at >= status.phase_started_at:
         read_at = status.phase_started_at  # "read in this phase" matters, not when exactly
-    metrics = metrics.model_copy(update={
+    metrics_form = _blanked(metrics, {
         "last_success_at": None, "last_attempt_at": None, "last_read_id": "", "last_evaluated_at": None,
         "phase_pod_read_at": read_at,
     })
-    return status.model_copy(update={
+    return _blanked(status, {
         "clock": None,
-        "risk": risk,
-        "metrics": metrics,
-        "conditions": [c.model_copy(update={"message": ""}) for c in status.conditions],
-        "gates": [g.model_copy(update={"value": None, "message": ""}) for g in status.gates],
-        "breakers": {k: b.model_copy(update={"value": None}) for k, b in status.breakers.items()},
+        "risk": risk_form,
+        "metrics": metrics_form,
+        "conditions": tuple(_blanked(c, {"message": ""}) for c in status.conditions),
+        "gates": tuple(_blanked(g, {"value": None, "message": ""}) for g in status.gates),
+        "breakers": {k: _blanked(b, {"value": None}) for k, b in status.breakers.items()},
         "message": "",
     })
 
@@ -76,7 +89,7 @@ def _hwm(status: StrategyStatus) -> Optional[Decimal]:
     return status.risk.book.high_water_mark if status.risk.book is not None else None
 
 
-def significant(persisted: StrategyStatus, new: StrategyStatus, persisted_stable: Optional[StrategyStatus] = None) -> bool:
+def significant(persisted: StrategyStatus, new: StrategyStatus, persisted_stable: Optional[Stable] = None) -> bool:
     """Whether `new` differs from what is written in something that may not wait.
     `persisted_stable` is stable(persisted) when the caller kept it (it changes per write, not per pass)."""
     if (persisted_stable if persisted_stable is not None else stable(persisted)) != stable(new):
@@ -89,7 +102,7 @@ def significant(persisted: StrategyStatus, new: StrategyStatus, persisted_stable
 
 
 def persist_due(persisted: Optional[StrategyStatus], new: StrategyStatus, now: datetime,
-                persisted_at: Optional[datetime], persisted_stable: Optional[StrategyStatus] = None) -> bool:
+                persisted_at: Optional[datetime], persisted_stable: Optional[Stable] = None) -> bool:
     """Whether to write `new` now, given what is written (`persisted`, as of `persisted_at`)."""
     if persisted is None or persisted_at is None:
         return True
@@ -100,4 +113,4 @@ def persist_due(persisted: Optional[StrategyStatus], new: StrategyStatus, now: d
     return now - persisted_at >= PERSIST_EVERY or now < persisted_at
 
 
-__all__ = ["HWM_TOLERANCE", "INDEX_MOVE", "PERSIST_EVERY", "persist_due", "significant", "stable"]
+__all__ = ["HWM_TOLERANCE", "INDEX_MOVE", "PERSIST_EVERY", "Stable", "persist_due", "significant", "stable"]
