@@ -7,6 +7,7 @@ no accepted duration overflows timedelta or datetime arithmetic in the operator.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 
@@ -47,7 +48,14 @@ DURATION_BOUND_RULE = f"{duration_ms_cel('self')} <= {int(MAX_DURATION / timedel
 
 def parse_duration(text: str) -> timedelta:
     """Parse `7d`, `1h30m`... into a timedelta; raise ValueError naming the accepted form."""
-    if not isinstance(text, str) or not re.fullmatch(DURATION_PATTERN, text):
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not {DURATION_HINT}")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=4096)  # a spec's few durations are read on every pass
+def _parse(text: str) -> timedelta:
+    if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"{text!r} is not {DURATION_HINT}")
     total = sum((int(n) * _UNIT[u] for n, u in _PART.findall(text)), timedelta())
     if total > MAX_DURATION:

@@ -140,6 +140,7 @@ def forget_strategy(namespace: str, name: str) -> None:
     deleted strategy kept exporting its last values until the operator restarted, and a
     deleted halted one kept PhasegateStrategyHalted firing."""
     _PHASE_LABELS.pop((namespace, name), None)
+    _LOGGERS.pop((namespace, name), None)
     for metric, labels in PER_STRATEGY:
         for values in _series_of(metric, labels, namespace, name):
             try:
@@ -199,5 +200,12 @@ class _KopfObject:
         return event_dict
 
 
+_LOGGERS: dict[tuple[str, str], Any] = {}
+
+
 def log_for(namespace: str, name: str):
-    return structlog.get_logger("phasegate").bind(namespace=namespace, strategy=name)
+    """The strategy's bound logger, made once (binding one on every pass was 3% of a pass)."""
+    log = _LOGGERS.get((namespace, name))
+    if log is None:
+        log = _LOGGERS[(namespace, name)] = structlog.get_logger("phasegate").bind(namespace=namespace, strategy=name)
+    return log

@@ -52,8 +52,14 @@ Stable = tuple[Any, ...]
 
 def _blanked(model: BaseModel, blank: dict[str, Any]) -> Stable:
     """Every field of `model` in order, those named in `blank` replaced by the value given."""
-    assert blank.keys() <= type(model).model_fields.keys(), f"not fields of {type(model).__name__}: {blank.keys()}"
-    return tuple(blank[f] if f in blank else getattr(model, f) for f in type(model).model_fields)
+    names = _FIELDS.get(type(model))
+    if names is None:
+        names = _FIELDS[type(model)] = tuple(type(model).model_fields)
+    assert blank.keys() <= set(names), f"not fields of {type(model).__name__}: {blank.keys()}"
+    return tuple(blank[f] if f in blank else getattr(model, f) for f in names)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def stable(status: StrategyStatus) -> Stable:
