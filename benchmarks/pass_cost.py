@@ -47,6 +47,11 @@ from .scale import CAPITAL, ROOT, ScrapeServer, strategy
 INTERVAL = timedelta(seconds=10)
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 class Kube:
     """Answers every call the pass makes at once, and keeps the StatefulSet it was given."""
 
@@ -138,6 +143,7 @@ async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
             sources["scrape"] = make_source(spec, session=session)
         return sources["scrape"]
 
+    rss0 = _rss()
     rec = Reconciler(kube, source_for, clock=lambda: clock[0], identity="bench")  # type: ignore[arg-type]
     fleet = [Strategy(i, server.port) for i in range(n)]
     slots = asyncio.Semaphore(256)
@@ -157,6 +163,7 @@ async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
         await round_(False)  # the first pass of each: status and children made
         for _ in range(3):  # warm: at the live rung, metrics read, caches filled
             await round_(True)
+        held = _rss() - rss0  # what the fleet's bodies, memos and caches hold, at the rung
         calls_before = dict(kube.calls)
         prof = cProfile.Profile() if profile else None
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -179,6 +186,7 @@ async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
         "calls_per_evaluation": {k: round((v - calls_before.get(k, 0)) / evaluations, 4)
                                  for k, v in sorted(kube.calls.items()) if v != calls_before.get(k, 0)},
         "phases": sorted(p or "-" for p in phases),
+        "rss_kib_per_strategy": round(held / n / 1024, 1),
     }
     if prof is not None:
         buf = io.StringIO()
@@ -211,6 +219,7 @@ def main() -> None:
     print = functools.partial(builtins.print, file=report, flush=True)  # noqa: A001
     print(f"[bench-pass] {result['evaluations']} evaluations of {n} strategies at {', '.join(result['phases'])}: "
           f"{result['cpu_us_per_evaluation']} us CPU each ({result['wall_us_per_evaluation']} us wall)")
+    print(f"[bench-pass] resident memory per strategy (body, memo, caches): {result['rss_kib_per_strategy']} KiB")
     print(f"[bench-pass] calls per evaluation: {result['calls_per_evaluation']}")
     if text:
         print(text)

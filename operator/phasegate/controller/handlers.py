@@ -249,10 +249,13 @@ async def strategy_loop(
         while not stopped:
             timeout = max(0.0, next_tick - aio.time()) if LEADING(namespace, name) else STANDBY_POLL
             if not me.wake.is_set() and timeout > 0:
+                # A timer that sets the wake-up, rather than wait_for (a task per wait, for
+                # thousands of loops every interval).
+                timer = aio.call_later(timeout, me.wake.set)
                 try:
-                    await asyncio.wait_for(me.wake.wait(), timeout=timeout)
-                except TimeoutError:
-                    pass
+                    await me.wake.wait()
+                finally:
+                    timer.cancel()
             me.wake.clear()
             if stopped:
                 break

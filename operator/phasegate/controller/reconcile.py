@@ -300,13 +300,13 @@ class Reconciler:
         if new_wire == memo.persisted_wire:
             return
         try:
-            written = await self.kube.patch_status(ns, name, merge_patch(memo.persisted_wire, new_wire), base_rv)
+            written_rv = await self.kube.patch_status(ns, name, merge_patch(memo.persisted_wire, new_wire), base_rv)
         except Conflict as exc:
             memo.forget_writes()
             exc.observation = obs  # type: ignore[attr-defined]
             raise
         telemetry.STATUS_WRITES.inc()
-        memo.wrote(new, new_wire, base_rv, (written.get("metadata") or {}).get("resourceVersion", base_rv), now)
+        memo.wrote(new, new_wire, base_rv, written_rv or base_rv, now)
 
     async def _report_unreadable(self, ns: str, name: str, memo: Memo, status: StrategyStatus, base_rv: str,
                                  error: str) -> None:
@@ -328,13 +328,12 @@ class Reconciler:
         await asyncio.gather(*(self._event(owner, e) for e in pending))
         seq, base_rv = pending[-1].seq, memo.persisted_rv
         try:
-            done = await self.kube.patch_status(owner.namespace, owner.name, {"eventsPostedSeq": seq}, base_rv)
+            done_rv = await self.kube.patch_status(owner.namespace, owner.name, {"eventsPostedSeq": seq}, base_rv)
         except Conflict:
             return  # someone wrote since: the next pass posts again (Event names make that a no-op)
         status = (memo.status or written).model_copy(update={"events_posted_seq": seq})
         persisted = written.model_copy(update={"events_posted_seq": seq})
-        memo.wrote(persisted, {**memo.persisted_wire, "eventsPostedSeq": seq}, base_rv,
-                   (done.get("metadata") or {}).get("resourceVersion", base_rv), now)
+        memo.wrote(persisted, {**memo.persisted_wire, "eventsPostedSeq": seq}, base_rv, done_rv or base_rv, now)
         memo.status = status
 
     async def _network_policy(self, owner: Owner, spec: StrategySpec, *, exists: bool, spec_changed: bool) -> None:
