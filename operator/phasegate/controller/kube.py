@@ -129,18 +129,18 @@ async def _unread(call: Awaitable[Any]) -> None:
     await _answer(call)
 
 
-# The apiserver writes an object's JSON with its keys sorted, so `metadata` comes before
-# `spec` and `status`, and in it nothing before `resourceVersion` can hold that key unquoted:
-# annotation values are escaped strings, managedFields name fields as "f:<name>".
-_RESOURCE_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
+# The apiserver writes an object's JSON with its keys sorted and no spaces: metadata ends with
+# resourceVersion and uid, then spec begins. The whole tail is matched, so that nothing inside
+# metadata can pass for it (an annotation named resourceVersion, or spec: a map of strings
+# closes with `}` followed by another metadata key, never by `,"spec":`).
+_RESOURCE_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)","uid":"[^"\\]*"\},"spec":')
 
 
 def written_version(data: bytes) -> str:
     """The resourceVersion of the object a write answered with, without decoding all of it
     (a strategy's body is tens of kilobytes; decoding it on every status write was 8% of the
     operator's CPU). Anything unexpected is decoded in full."""
-    head = data.split(b'"spec":', 1)[0]
-    m = _RESOURCE_VERSION.search(head) if head.startswith(b'{"apiVersion":') else None
+    m = _RESOURCE_VERSION.search(data) if data.startswith(b'{"apiVersion":') else None
     if m is not None:
         return m.group(1).decode()
     return str((json.loads(data).get("metadata") or {}).get("resourceVersion") or "")

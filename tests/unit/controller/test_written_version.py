@@ -32,6 +32,13 @@ def test_the_object_s_own_resource_version() -> None:
     assert written_version(apiserver_json(strategy("123456"))) == "123456"
 
 
+def test_metadata_cannot_pass_for_the_tail() -> None:
+    obj = strategy("900")
+    obj["metadata"]["annotations"].update({"resourceVersion": "1", "spec": "x", "uid": "y"})
+    obj["metadata"]["labels"] = {"resourceVersion": "2", "uid": "z"}
+    assert written_version(apiserver_json(obj)) == "900"
+
+
 def test_anything_else_is_decoded_in_full() -> None:
     spaced = json.dumps(strategy("77"), indent=1).encode()  # not the apiserver's spelling
     assert written_version(spaced) == "77"
