@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from kopf._core.reactor import processing
-
 _MARK = "_phasegate_lean"
 
 
@@ -24,16 +22,25 @@ def strip(raw_event: Any) -> None:
         meta.pop("managedFields", None)
 
 
-def install() -> None:
+def install() -> bool:
     """Wrap kopf's event processor; kopf looks it up when the operator starts (running.py
-    binds it with functools.partial then), so this runs before `kopf.operator()`."""
-    original = processing.process_resource_event
+    binds it with functools.partial then), so this runs before `kopf.operator()`. False when
+    this kopf has no such processor (its internals moved): the bodies are then kept whole,
+    which costs memory, not correctness."""
+    try:
+        from kopf._core.reactor import processing
+    except ImportError:
+        return False
+    original = getattr(processing, "process_resource_event", None)
+    if original is None:
+        return False
     if getattr(original, _MARK, False):
-        return
+        return True
 
     async def process_resource_event(*args: Any, raw_event: Any, **kwargs: Any) -> Any:
         strip(raw_event)
         return await original(*args, raw_event=raw_event, **kwargs)
 
     setattr(process_resource_event, _MARK, True)
-    processing.process_resource_event = process_resource_event  # type: ignore[assignment]
+    processing.process_resource_event = process_resource_event
+    return True

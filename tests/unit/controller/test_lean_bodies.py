@@ -19,8 +19,8 @@ def test_the_wrapped_processor_sees_the_event_without_managed_fields(monkeypatch
         return f"{args}/{sorted(kwargs)}"
 
     monkeypatch.setattr(processing, "process_resource_event", original)
-    lean_bodies.install()
-    lean_bodies.install()  # twice: wrapped once
+    assert lean_bodies.install()
+    assert lean_bodies.install()  # twice: wrapped once
     wrapped = processing.process_resource_event
     assert wrapped is not original
     event = {"type": "MODIFIED", "object": {"metadata": {"name": "s", "resourceVersion": "7",
