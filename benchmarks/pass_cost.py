@@ -21,9 +21,7 @@ It prints CPU microseconds per evaluation, and writes .state/bench/pass-cost.jso
 from __future__ import annotations
 
 import asyncio
-import builtins
 import cProfile
-import functools
 import io
 import json
 import os
@@ -202,13 +200,12 @@ def main() -> None:
     # The operator's JSON logging, into a file: its cost is part of a pass, its lines are not output.
     log_file = ROOT / ".state" / "bench" / "pass-operator.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with open(log_file, "w") as sink:
-        os.dup2(sink.fileno(), 1)
-    sys.stdout = os.fdopen(os.dup(1), "w")
-    telemetry.configure_logging(False)
-    report = os.fdopen(saved, "w")
+    # configure_logging binds the stream it finds in sys.stdout; the report stays on stdout.
+    sys.stdout, report = open(log_file, "w"), sys.stdout  # noqa: SIM115 (the operator's log, open to the end)
+    try:
+        telemetry.configure_logging(False)
+    finally:
+        sys.stdout = report
     n = int(os.environ.get("BENCH_PASS_N") or 200)
     rounds = int(os.environ.get("BENCH_PASS_ROUNDS") or 36)
     profile = os.environ.get("BENCH_PASS_PROFILE") == "1"
@@ -216,7 +213,6 @@ def main() -> None:
     text = result.pop("profile", None)
     path = ROOT / ".state" / "bench" / "pass-cost.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print = functools.partial(builtins.print, file=report, flush=True)  # noqa: A001
     print(f"[bench-pass] {result['evaluations']} evaluations of {n} strategies at {', '.join(result['phases'])}: "
           f"{result['cpu_us_per_evaluation']} us CPU each ({result['wall_us_per_evaluation']} us wall)")
     print(f"[bench-pass] resident memory per strategy (body, memo, caches): {result['rss_kib_per_strategy']} KiB")

@@ -195,7 +195,6 @@ async def _start_election(election: leader.ElectionSettings) -> Any:
     if not elector.leading():
         telemetry.log_for("-", "-").info("standing by", identity=election.identity, holder=elector.holder or None,
                                          lease=f"{election.namespace}/{election.name}")
-    _release_on_signal(asyncio.get_running_loop())
     return elector
 
 
@@ -263,6 +262,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         # which replica wrote what stays visible.
         api.user_agent = f"phasegate@{election.identity}/{phasegate.__version__}"
         elector = await _start_election(election)
+        _release_on_signal(asyncio.get_running_loop())
         kube = Kube(api, fence=_fence(elector, telemetry.log_for("-", "-").bind(identity=election.identity)),
                     limiter=limiter)
     else:

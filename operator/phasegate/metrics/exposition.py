@@ -117,4 +117,4 @@ def read_line(line: str, lineno: int) -> Sample:
     return name, labels, _value(parts[0], line, lineno)
 
 
-__all__ = ["ExpositionError", "Sample", "samples"]
+__all__ = ["ExpositionError", "Sample", "read_line", "samples"]

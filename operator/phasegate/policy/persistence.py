@@ -50,16 +50,19 @@ INDEX_MOVE = Decimal("0.005")
 Stable = tuple[Any, ...]
 
 
+# Field names of each model class, in order and as a set: asked on every pass.
+_FIELDS: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+
 def _blanked(model: BaseModel, blank: dict[str, Any]) -> Stable:
     """Every field of `model` in order, those named in `blank` replaced by the value given."""
-    names = _FIELDS.get(type(model))
-    if names is None:
-        names = _FIELDS[type(model)] = tuple(type(model).model_fields)
-    assert blank.keys() <= set(names), f"not fields of {type(model).__name__}: {blank.keys()}"
+    known = _FIELDS.get(type(model))
+    if known is None:
+        names = tuple(type(model).model_fields)
+        known = _FIELDS[type(model)] = (names, frozenset(names))
+    names, name_set = known
+    assert blank.keys() <= name_set, f"not fields of {type(model).__name__}: {blank.keys()}"
     return tuple(blank[f] if f in blank else getattr(model, f) for f in names)
-
-
-_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def stable(status: StrategyStatus) -> Stable:
