@@ -3,7 +3,7 @@
 `make bench-scale` measures the whole operator on a control plane in about ten minutes, with
 the apiserver and kwok on the same two cores. This measures the pass alone in seconds, to
 compare code states side by side: the operator's Reconciler, its real scrape source over
-one keep-alive session against the benchmark's scrape server (its own process), the real
+one keep-alive client against the benchmark's scrape server (its own process), the real
 policy, and a Kube double that answers writes at once. The clock moves one interval per
 round, so status writes fall at the cadence of a live strategy (policy/persistence.py).
 
@@ -32,13 +32,12 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Optional
 
-import aiohttp
-
 from phasegate.api import StrategySpec, contract
 from phasegate.controller import telemetry
 from phasegate.controller.cache import PodView, StatefulSetView
 from phasegate.controller.reconcile import Memo, Reconciler
 from phasegate.metrics import make_source
+from phasegate.metrics.httpclient import HttpClient
 
 from .scale import CAPITAL, ROOT, ScrapeServer, strategy
 
@@ -131,14 +130,14 @@ async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
     log_path = ROOT / ".state" / "bench" / "pass-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server = ScrapeServer(0, CAPITAL, log_path)
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=75.0), trust_env=False)
+    client = HttpClient()
     clock = [datetime(2026, 12, 1, tzinfo=UTC)]
     kube = Kube()
     sources: dict[str, Any] = {}
 
     def source_for(spec: StrategySpec) -> Any:
         if "scrape" not in sources:
-            sources["scrape"] = make_source(spec, session=session)
+            sources["scrape"] = make_source(spec, client=client)
         return sources["scrape"]
 
     rss0 = _rss()
@@ -173,7 +172,7 @@ async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
             prof.disable()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     finally:
-        await session.close()
+        await client.close()
         server.stop()
     evaluations = n * rounds
     phases = {s.memo.status.phase if s.memo.status else None for s in fleet}

@@ -21,8 +21,11 @@ if TYPE_CHECKING:
 
     from phasegate.api.spec import StrategySpec
 
+    from .httpclient import HttpClient
+
 _LAZY = {
     "ScrapeSource": "scrape",
+    "HttpClient": "httpclient",
     "parse_exposition": "scrape",
     "PrometheusMetricsSource": "prometheus",
     "DEFAULT_QUERIES": "prometheus",
@@ -38,8 +41,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def make_source(spec: StrategySpec, *, session: Optional[aiohttp.ClientSession] = None) -> MetricsSource:
-    """The source spec.analysis asks for. `session`, if given, is shared for connection reuse."""
+def make_source(
+    spec: StrategySpec, *, session: Optional[aiohttp.ClientSession] = None, client: Optional[HttpClient] = None,
+) -> MetricsSource:
+    """The source spec.analysis asks for. `session` (Prometheus queries) and `client`
+    (scrapes), if given, are shared for connection reuse."""
     from phasegate.api.spec import MetricsSourceType
 
     if spec.analysis.source == MetricsSourceType.PROMETHEUS:
@@ -52,11 +58,11 @@ def make_source(spec: StrategySpec, *, session: Optional[aiohttp.ClientSession] 
         return PrometheusMetricsSource(prom.address, prom.queries, session=session)
     from .scrape import ScrapeSource
 
-    return ScrapeSource(session=session)
+    return ScrapeSource(client=client)
 
 
 __all__ = [
-    "DEFAULT_QUERIES", "Histogram", "MetricsSnapshot", "MetricsSource", "MetricsUnavailable",
+    "DEFAULT_QUERIES", "Histogram", "HttpClient", "MetricsSnapshot", "MetricsSource", "MetricsUnavailable",
     "PrometheusMetricsSource", "QUERY_KEYS", "ScrapeSource", "ScrapeTarget", "build_queries",
     "check_overrides", "counter_increases", "make_source", "parse_exposition",
 ]

@@ -5,19 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional
 
-import aiohttp
-from yarl import URL
-
 from ._samples import build_snapshot, group
 from .exposition import ExpositionError, samples
+from .httpclient import HttpClient
 from .snapshot import MetricsSnapshot, MetricsUnavailable
 from .source import ScrapeTarget
 
 # Ask for the classic text format: metrics/exposition.py does not read OpenMetrics.
 ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
-# A strategy's exposition is a few kilobytes; a bound keeps a broken exporter from
-# making the operator buffer without end.
-MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 def parse_exposition(text: str, now: datetime) -> MetricsSnapshot:
@@ -40,31 +35,24 @@ def parse_exposition(text: str, now: datetime) -> MetricsSnapshot:
 class ScrapeSource:
     """Reads http://podIP:port/path and parses it.
 
-    Pass a long-lived aiohttp session to reuse connections; without one, each read
-    opens and closes its own (simple, and safe across event loops).
+    Pass a long-lived HttpClient to keep connections alive between reads (the operator
+    does); without one, each read opens and closes its own (simple, and safe across event
+    loops).
     """
 
-    def __init__(self, session: Optional[aiohttp.ClientSession] = None) -> None:
-        self._session = session
-        # Parsed URLs by text: parsing one was a tenth of a read's own CPU. Pod addresses
-        # come and go, so the cache is dropped whole when it grows past its bound.
-        self._urls: dict[str, URL] = {}
-
-    def _url(self, text: str) -> URL:
-        url = self._urls.get(text)
-        if url is None:
-            if len(self._urls) >= 50_000:
-                self._urls.clear()
-            url = self._urls[text] = URL(text)
-        return url
+    def __init__(self, client: Optional[HttpClient] = None) -> None:
+        self._client = client
 
     async def read(self, target: ScrapeTarget) -> MetricsSnapshot:
         try:
-            if self._session is not None:
-                text = await self._fetch(self._session, target)
+            if self._client is not None:
+                text = await self._fetch(self._client, target)
             else:
-                async with aiohttp.ClientSession() as session:
-                    text = await self._fetch(session, target)
+                client = HttpClient()
+                try:
+                    text = await self._fetch(client, target)
+                finally:
+                    await client.close()
         except MetricsUnavailable:
             raise
         except TimeoutError as exc:
@@ -72,20 +60,15 @@ class ScrapeSource:
                 f"timeout after {target.timeout_seconds}s reading {target.url}"
             ) from exc
         except Exception as exc:
-            # Connection refused, reset, bad encoding, invalid URL...: a failed read either
+            # Connection refused, reset, bad encoding, not HTTP...: a failed read either
             # way, reported as one rather than escaping into the reconcile handler.
             raise MetricsUnavailable(f"cannot read {target.url}: {type(exc).__name__}: {exc}") from exc
         return parse_exposition(text, target.now)
 
-    async def _fetch(self, session: aiohttp.ClientSession, target: ScrapeTarget) -> str:
-        timeout = aiohttp.ClientTimeout(total=target.timeout_seconds)
+    async def _fetch(self, client: HttpClient, target: ScrapeTarget) -> str:
         headers = {"Accept": ACCEPT, **target.supervision_headers()}
-        async with session.get(self._url(target.url), headers=headers, timeout=timeout) as resp:
-            if resp.status != 200:
-                raise MetricsUnavailable(f"HTTP {resp.status} from {target.url}")
-            body = bytearray()
-            async for chunk in resp.content.iter_chunked(64 * 1024):
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise MetricsUnavailable(f"exposition from {target.url} exceeds {MAX_BODY_BYTES} bytes")
-            return bytes(body).decode(resp.charset or "utf-8")
+        host = f"[{target.pod_ip}]" if ":" in target.pod_ip else target.pod_ip
+        resp = await client.get(host, target.port, target.path, headers, timeout=target.timeout_seconds)
+        if resp.status != 200:
+            raise MetricsUnavailable(f"HTTP {resp.status} from {target.url}")
+        return resp.body.decode(resp.charset)

@@ -6,7 +6,6 @@ import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -19,6 +18,7 @@ from phasegate.metrics import (
     ScrapeTarget,
     make_source,
 )
+from phasegate.metrics.httpclient import HttpClient
 
 from loopback import loopback_server  # tests/support
 
@@ -59,21 +59,53 @@ def test_success(make_exposition):
     assert "text/plain" in seen["accept"]
 
 
-def test_success_with_a_shared_session(make_exposition):
+def test_success_with_a_shared_client_keeps_the_connection(make_exposition):
     text = make_exposition()
+    peers = set()
 
     async def handler(request):
+        peers.add(request.transport.get_extra_info("peername"))
         return web.Response(text=text)
 
     async def go():
-        async with serving(handler) as port, aiohttp.ClientSession() as session:
-            src = ScrapeSource(session=session)
-            a = await src.read(target(port))
-            b = await src.read(target(port))
-            return a, b
+        client = HttpClient()
+        async with serving(handler) as port:
+            src = ScrapeSource(client=client)
+            reads = [await src.read(target(port)) for _ in range(3)]
+        await client.close()
+        return reads, client.connections_opened
 
-    a, b = asyncio.run(go())
-    assert a == b
+    reads, opened = asyncio.run(go())
+    assert reads[0] == reads[1] == reads[2]
+    assert opened == 1 and len(peers) == 1, "three reads of one pod share one keep-alive connection"
+
+
+def test_chunked_answer(make_exposition):
+    text = make_exposition(trips={"drawdown": 2})
+
+    async def handler(request):
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(text), 97):
+            await resp.write(text[i:i + 97].encode())
+        await resp.write_eof()
+        return resp
+
+    assert read_with(handler).breaker_trips == {"drawdown": Decimal(2)}
+
+
+def test_body_over_the_bound_is_a_failed_read(make_exposition):
+    async def handler(request):
+        return web.Response(text=make_exposition() + "# padding\n" * 2000)
+
+    async def go():
+        async with serving(handler) as port:
+            return await ScrapeSource(client=HttpClient(max_body=4096)).read(target(port))
+
+    with pytest.raises(MetricsUnavailable) as info:
+        asyncio.run(go())
+    assert "exceeds 4096 bytes" in info.value.reason
 
 
 def test_connection_refused(free_port):
