@@ -128,8 +128,12 @@ def _interval(spec: Optional[StrategySpec], body: Any) -> float:
 
 
 def on_grid(t: float, grid: float = TICK_GRID) -> float:
-    """The first point of the tick grid at or after loop time t."""
-    return math.ceil(t / grid) * grid if grid > 0 else t
+    """The first point of the tick grid at or after loop time t (never before it: a timer
+    firing before the evaluation is due would run a pass that evaluates nothing)."""
+    if grid <= 0:
+        return t
+    due = math.ceil(t / grid) * grid
+    return due if due >= t else due + grid
 
 
 def first_tick_offset(namespace: str, name: str, interval: float) -> float:

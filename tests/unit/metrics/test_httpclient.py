@@ -33,7 +33,7 @@ def feed_split(data: bytes, cuts: list[int], *, max_body: int = 1 << 20, eof: bo
     parser = ResponseParser(max_body=max_body)
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     response = None
-    for a, b in zip(points, points[1:]):
+    for a, b in zip(points, points[1:], strict=False):
         got = parser.feed(data[a:b])
         response = response or got
     if eof:
