@@ -32,7 +32,7 @@ from phasegate.api.observations import Observation
 from . import cache, telemetry
 from .kube import PRIORITY, Conflict, Urgency
 from .leader import NotLeading
-from .reconcile import Memo, Reconciler
+from .reconcile import STATUS_KEYS, Memo, Reconciler
 from .shards import CURRENT_SHARD
 
 STRATEGY = dict(group=contract.GROUP, version=contract.VERSION, plural=contract.PLURAL)
@@ -156,6 +156,25 @@ def phasegate_statefulsets(namespace: str, name: str, body: kopf.Body, **_: Any)
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
 def phasegate_networkpolicies(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
     return {(namespace, name): True}
+
+
+def own_echo(obj: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """For controller/lean_bodies.py: the status our loop holds, when a watched strategy is
+    exactly at the resourceVersion that loop's last write produced (its echo) and carries no
+    status field but ours; else None."""
+    if obj.get("kind") != contract.KIND:
+        return None
+    meta = obj.get("metadata") or {}
+    loop = LOOPS.get((meta.get("namespace"), meta.get("name")))
+    if loop is None:
+        return None
+    memo = loop.memo
+    rv = meta.get("resourceVersion")
+    if not rv or rv != memo.echo_rv or rv != memo.persisted_rv or not memo.persisted_wire:
+        return None
+    if not STATUS_KEYS.issuperset(obj.get("status") or {}):
+        return None  # a field someone else keeps in status: kopf gets the body as it came
+    return memo.persisted_wire
 
 
 @kopf.on.event(**STRATEGY)

@@ -1,18 +1,33 @@
-"""Bodies kept lean: `metadata.managedFields` dropped from every watch event kopf processes.
+"""Bodies kept lean, and our own status writes not processed twice.
 
 kopf keeps the latest body of every object a daemon runs for (each strategy's loop), and
-copies and compares bodies on every event. managedFields (who wrote which field, and when)
-were some 40% of a strategy's body in memory (35 of 80 KiB for a strategy that climbed the
-ladder), and nothing in the operator or in kopf reads them. They are removed before kopf
-sees the event, so neither its memory of the object nor our loops ever hold them. The
-apiserver still has them: `kubectl get -o yaml --show-managed-fields` shows who wrote what.
+copies and compares bodies on every event. Two things are done to each watch event before
+kopf sees it:
+
+- `metadata.managedFields` are dropped. They were some 40% of a strategy's body in memory
+  (35 of 80 KiB for a strategy that climbed the ladder), and nothing in the operator or in
+  kopf reads them. The apiserver still has them: `kubectl get -o yaml --show-managed-fields`.
+- An event that is our own status write echoed back (`own_echo` says so: the strategy's loop
+  wrote exactly that resourceVersion) only replaces the body kopf keeps, with the status the
+  loop already holds (one copy in memory instead of two), and goes no further. Such an event
+  differs from the one before it by our status alone (the write was conditional on the
+  resourceVersion it replaced), so kopf has nothing to do for it: no index covers
+  strategies, the diff base leaves status out, daemons already run, and our event handler
+  ignores its own writes. Every other event, a foreign status write included, takes kopf's
+  whole path.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional
+
+from . import telemetry
 
 _MARK = "_phasegate_lean"
+# The status to keep for an event that is our own write echoed back, else None (handlers.own_echo).
+OwnEcho = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
+_own_echo: Optional[OwnEcho] = None
 
 
 def strip(raw_event: Any) -> None:
@@ -22,11 +37,51 @@ def strip(raw_event: Any) -> None:
         meta.pop("managedFields", None)
 
 
-def install() -> bool:
+def only_status_moved(before: Any, after: dict[str, Any]) -> bool:
+    """Whether `after` is `before` with another status and resourceVersion, nothing else."""
+    if not isinstance(before, dict) or before.keys() - {"status"} != after.keys() - {"status"}:
+        return False
+    for key, value in after.items():
+        if key == "metadata":
+            old = before.get("metadata")
+            if not isinstance(old, dict) or not isinstance(value, dict) or old.keys() != value.keys():
+                return False
+            if any(v != old[k] for k, v in value.items() if k != "resourceVersion"):
+                return False
+        elif key != "status" and before.get(key) != value:
+            return False
+    return True
+
+
+async def absorb(raw_event: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether the event was our own write echoed back, now applied to the body kopf keeps."""
+    if _own_echo is None or not isinstance(raw_event, dict) or raw_event.get("type") != "MODIFIED":
+        return False
+    obj = raw_event.get("object")
+    memories = kwargs.get("memories")
+    if not isinstance(obj, dict) or memories is None:
+        return False
+    status = _own_echo(obj)
+    if status is None:
+        return False
+    memory = await memories.recall(obj, memobase=kwargs.get("memobase"))
+    live = getattr(getattr(memory, "daemons_memory", None), "live_fresh_body", None)
+    if live is None or not hasattr(live, "_replace_with"):
+        return False  # no daemon keeps this body (or kopf changed): kopf's own path
+    if not only_status_moved(getattr(live, "_src", None), obj):
+        return False  # kopf has not seen what the write was based on: its own path
+    obj["status"] = status
+    live._replace_with(obj)
+    telemetry.OWN_ECHOES.inc()
+    return True
+
+
+def install(own_echo: Optional[OwnEcho] = None) -> bool:
     """Wrap kopf's event processor; kopf looks it up when the operator starts (running.py
     binds it with functools.partial then), so this runs before `kopf.operator()`. False when
-    this kopf has no such processor (its internals moved): the bodies are then kept whole,
-    which costs memory, not correctness."""
+    this kopf has no such processor (its internals moved): the bodies are then kept whole
+    and every echo is processed, which costs memory and CPU, not correctness."""
+    global _own_echo
     try:
         from kopf._core.reactor import processing
     except ImportError:
@@ -34,11 +89,14 @@ def install() -> bool:
     original = getattr(processing, "process_resource_event", None)
     if original is None:
         return False
+    _own_echo = own_echo
     if getattr(original, _MARK, False):
         return True
 
     async def process_resource_event(*args: Any, raw_event: Any, **kwargs: Any) -> Any:
         strip(raw_event)
+        if await absorb(raw_event, kwargs):
+            return None  # as kopf's own processor answers when it patched nothing
         return await original(*args, raw_event=raw_event, **kwargs)
 
     setattr(process_resource_event, _MARK, True)

@@ -375,7 +375,7 @@ def run(
     if liveness_port:
         host = f"[{bind_address}]" if ":" in bind_address else bind_address
         kwargs["liveness_endpoint"] = f"http://{host}:{liveness_port}/healthz"
-    if not lean_bodies.install():
+    if not lean_bodies.install(own_echo=handlers.own_echo):
         telemetry.log_for("-", "-").warning("kopf's event processor not found: bodies are kept with their managedFields")
     asyncio.run(_operate(kwargs))
 

@@ -65,6 +65,9 @@ class Memo:
     persisted_rv: str = ""
     persisted_at: Optional[datetime] = None
     own: deque[str] = field(default_factory=lambda: deque(maxlen=16))
+    # The resourceVersion our last write produced, until something newer is loaded: the one
+    # watch event that is that write echoed back (controller/lean_bodies.py).
+    echo_rv: str = ""
     spec_key: Any = None
     spec: Optional[StrategySpec] = None
     spec_error: Optional[str] = None
@@ -87,7 +90,7 @@ class Memo:
     def forget_writes(self) -> None:
         """After a 409 our idea of what the apiserver holds is wrong: the next body is news."""
         self.own.clear()
-        self.persisted_rv = ""
+        self.persisted_rv = self.echo_rv = ""
 
     def load(self, body: dict[str, Any], now: datetime) -> tuple[StrategyStatus, str]:
         """(the status to decide from, the resourceVersion a write must be based on)."""
@@ -110,6 +113,7 @@ class Memo:
         else:
             status = persisted = StrategyStatus.model_validate(wire)
         self.persisted, self.persisted_wire, self.persisted_rv = persisted, wire, rv
+        self.echo_rv = ""
         self.persisted_at = self.persisted_at or now
         self.status = status
         return status, rv
@@ -117,6 +121,7 @@ class Memo:
     def wrote(self, status: StrategyStatus, wire: dict[str, Any], base_rv: str, rv: str, now: datetime) -> None:
         self.own.append(base_rv)
         self.own.append(rv)
+        self.echo_rv = rv if rv != base_rv else ""
         self.status, self.persisted, self.persisted_wire, self.persisted_rv, self.persisted_at = status, status, wire, rv, now
 
     def persisted_stable(self) -> Optional[Stable]:

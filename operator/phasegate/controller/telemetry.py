@@ -152,6 +152,11 @@ SHARDS_HELD = Gauge(
     "phasegate_shards_held", "Shards this replica holds and acts on (sharded operators: --shards > 1).",
     ["identity"], registry=REGISTRY,
 )
+OWN_ECHOES = Counter(
+    "phasegate_own_write_echoes_total",
+    "Watch events that were our own status write echoed back, applied to kopf's copy without its processing.",
+    registry=REGISTRY,
+)
 STATUS_WRITES = Counter(
     "phasegate_status_writes_total",
     "Status writes of the strategies (volatile fields are written at most every 120 s; decisions at once).",
