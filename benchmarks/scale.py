@@ -519,6 +519,7 @@ def steady_state(
 HEALTH_COUNTERS = (
     "phasegate_fenced_writes_total", "phasegate_metrics_read_errors_total",
     "phasegate_status_conflicts_total", "phasegate_reconcile_errors_total",
+    "phasegate_status_writes_total", "phasegate_own_write_echoes_total",
 )
 
 
@@ -780,7 +781,7 @@ def report(r: dict[str, Any]) -> None:
           f"{ss['pods_not_scraped_in_window']} pods not scraped in the window; {ss['scrapes_per_second']} scrapes/s")
     print(f"                   operator histogram: {ss['evaluation_lag_operator_histogram_s']}")
     print(f"                   {ss['requests_per_evaluation']} requests per evaluation")
-    print(f"  operator strain  in the window: {ss['operator_counters_in_window']}")
+    print(f"  operator counts  in the window: {ss['operator_counters_in_window']}")
     print(f"                   whole run: {r['operator_counters_whole_run']}")
     print(f"  operator pauses  whole run: {r.get('operator_histograms_whole_run')}")
     print(f"                   after set-up: {r.get('operator_histograms_after_setup')}")
