@@ -114,12 +114,7 @@ class ResponseParser:
             self._status = status
             self._choose_framing()
         if self._mode == "length":
-            take = min(self._remaining, len(self._buf))
-            if take:
-                self._body += self._buf[:take]
-                del self._buf[:take]
-                self._remaining -= take
-            if self._remaining == 0:
+            if self._take_remaining() == 0:
                 return self._finish(keep_alive=self._keep_alive() and not self._buf)
             return None
         if self._mode == "chunked":
@@ -206,12 +201,7 @@ class ResponseParser:
                     raise HttpError(f"body exceeds {self._max_body} bytes")
                 self._chunk_state = "data"
             elif self._chunk_state == "data":
-                take = min(self._remaining, len(self._buf))
-                if take:
-                    self._body += self._buf[:take]
-                    del self._buf[:take]
-                    self._remaining -= take
-                if self._remaining:
+                if self._take_remaining():
                     return None
                 self._chunk_state = "data-end"
             elif self._chunk_state == "data-end":
@@ -230,6 +220,16 @@ class ResponseParser:
                 del self._buf[: end + 2]
                 if end == 0:
                     return self._finish(keep_alive=self._keep_alive() and not self._buf)
+
+    def _take_remaining(self) -> int:
+        """Moves what is buffered of the body's (or chunk's) remaining bytes into the body;
+        how many are still to come."""
+        take = min(self._remaining, len(self._buf))
+        if take:
+            self._body += self._buf[:take]
+            del self._buf[:take]
+            self._remaining -= take
+        return self._remaining
 
     def _check_body_size(self) -> None:
         if len(self._body) > self._max_body:
