@@ -288,10 +288,18 @@ class Fleet:
 
 
 def wait(pred: Any, timeout: float, what: str, every: float = 2.0) -> None:
+    """Polls `pred` until it holds. An apiserver too busy to answer a poll (a 5xx, a 429) is
+    a poll that did not see it yet, not the end of the run: at thousands of objects the
+    benchmark's own lists are the first requests it times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():
-            return
+        try:
+            if pred():
+                return
+        except ApiException as exc:
+            if exc.status is None or (exc.status < 500 and exc.status != 429):
+                raise
+            log(f"  (the apiserver answered a poll with {exc.status} {exc.reason}: polling again)")
         time.sleep(every)
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
