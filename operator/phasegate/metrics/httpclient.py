@@ -418,6 +418,8 @@ class HttpClient:
                 del self._idle[key]
 
     def _request(self, host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
+        if not host.strip("[]") or any(c in host for c in "\r\n /"):
+            raise ValueError(f"invalid request host {host!r}")  # never a default address in its place
         lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", f"User-Agent: {self._user_agent}"]
         for name, value in headers.items():
             if any(c in name or c in value for c in "\r\n") or not name or ":" in name:

@@ -290,7 +290,10 @@ def test_idle_connections_past_their_timeout_are_not_reused():
     assert asyncio.run(go()) == 2
 
 
-@pytest.mark.parametrize("headers, path", [({"X-A": "1\r\nEvil: 1"}, "/m"), ({"X\r\nA": "1"}, "/m"), ({}, "/m x")])
-def test_a_header_or_path_that_would_split_the_request_is_refused(headers, path):
+@pytest.mark.parametrize("host, headers, path", [
+    ("127.0.0.1", {"X-A": "1\r\nEvil: 1"}, "/m"), ("127.0.0.1", {"X\r\nA": "1"}, "/m"), ("127.0.0.1", {}, "/m x"),
+    ("", {}, "/m"), ("[]", {}, "/m"), ("1.2.3.4/x", {}, "/m"),
+])
+def test_a_host_header_or_path_that_would_split_or_misdirect_the_request_is_refused(host, headers, path):
     with pytest.raises(ValueError, match="invalid request"):
-        asyncio.run(HttpClient().get("127.0.0.1", 1, path, headers, timeout=1))
+        asyncio.run(HttpClient().get(host, 1, path, headers, timeout=1))
