@@ -297,3 +297,27 @@ def test_idle_connections_past_their_timeout_are_not_reused():
 def test_a_host_header_or_path_that_would_split_or_misdirect_the_request_is_refused(host, headers, path):
     with pytest.raises(ValueError, match="invalid request"):
         asyncio.run(HttpClient().get(host, 1, path, headers, timeout=1))
+
+
+def test_a_failed_exchange_closes_its_socket():
+    """A connection given up on (here, a timeout mid-answer) is closed at once, not left open
+    for the peer or the garbage collector to end: thousands of pods, every interval."""
+    async def go():
+        closed = asyncio.Event()
+
+        async def on_connect(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+            await writer.drain()
+            if await reader.read() == b"":  # the client's end closed
+                closed.set()
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        async with server:
+            client = HttpClient()
+            with pytest.raises(TimeoutError):
+                await client.get("127.0.0.1", server.sockets[0].getsockname()[1], "/metrics", timeout=0.2)
+            await asyncio.wait_for(closed.wait(), 2)
+
+    asyncio.run(go())
