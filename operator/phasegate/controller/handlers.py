@@ -171,7 +171,7 @@ def own_echo(obj: dict[str, Any]) -> Optional[dict[str, Any]]:
         return None
     memo = loop.memo
     rv = meta.get("resourceVersion")
-    if not rv or rv != memo.echo_rv or rv != memo.persisted_rv or not memo.persisted_wire:
+    if not rv or rv != memo.echo_rv or not memo.persisted_wire:
         return None
     if not STATUS_KEYS.issuperset(obj.get("status") or {}):
         return None  # a field someone else keeps in status: kopf gets the body as it came

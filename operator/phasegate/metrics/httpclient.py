@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -61,10 +61,9 @@ class ResponseParser:
     response not keep-alive, so the connection is closed rather than read out of step.
     """
 
-    def __init__(self, *, max_body: int, head_request: bool = False) -> None:
+    def __init__(self, *, max_body: int) -> None:
         self._buf = bytearray()
         self._max_body = max_body
-        self._head_request = head_request
         self._status: Optional[tuple[int, str, str]] = None  # (status, reason, version)
         self._headers: dict[str, str] = {}
         self._mode = ""  # "length", "chunked", "close", "none"
@@ -77,7 +76,7 @@ class ResponseParser:
     def feed(self, data: bytes) -> Optional[Response]:
         if self._done is not None:
             if data:
-                self._done = _replace_keep_alive(self._done, False)
+                self._done = replace(self._done, keep_alive=False)
             return self._done
         if data:
             self.started = True
@@ -87,11 +86,9 @@ class ResponseParser:
     def feed_eof(self) -> Response:
         """The peer closed: the response as complete as it is, or an error."""
         if self._done is not None:
-            return _replace_keep_alive(self._done, False)
+            return replace(self._done, keep_alive=False)
         if self._status is not None and self._mode == "close":
-            self._body += self._buf
-            self._buf.clear()
-            self._check_body_size()
+            self._take_all()
             return self._finish(keep_alive=False)
         raise ConnectionClosed(
             "connection closed before the response was complete" if self.started else "connection closed with no response",
@@ -120,18 +117,12 @@ class ResponseParser:
         if self._mode == "chunked":
             return self._advance_chunked()
         if self._mode == "close":
-            self._body += self._buf
-            self._buf.clear()
-            self._check_body_size()
+            self._take_all()
             return None
         return self._finish(keep_alive=self._keep_alive() and not self._buf)
 
     def _read_head(self, head: bytes) -> tuple[int, str, str]:
-        try:
-            text = head.decode("latin-1")
-        except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes any byte
-            raise HttpError("undecodable response head") from exc
-        lines = text.split("\r\n")
+        lines = head.decode("latin-1").split("\r\n")  # latin-1 decodes any byte
         parts = lines[0].split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
             raise HttpError(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
@@ -157,7 +148,7 @@ class ResponseParser:
         encoding = self._headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise HttpError(f"unsupported Content-Encoding {encoding!r} (none was asked for)")
-        if self._head_request or status in (204, 304):
+        if status in (204, 304):
             self._mode = "none"
             return
         transfer = [t.strip().lower() for t in self._headers.get("transfer-encoding", "").split(",") if t.strip()]
@@ -231,7 +222,10 @@ class ResponseParser:
             self._remaining -= take
         return self._remaining
 
-    def _check_body_size(self) -> None:
+    def _take_all(self) -> None:
+        """A body delimited by the close: everything buffered is body, within the bound."""
+        self._body += self._buf
+        self._buf.clear()
         if len(self._body) > self._max_body:
             raise HttpError(f"body exceeds {self._max_body} bytes")
 
@@ -247,10 +241,6 @@ class ResponseParser:
         status, reason, _ = self._status
         self._done = Response(status, reason, self._headers, bytes(self._body), keep_alive)
         return self._done
-
-
-def _replace_keep_alive(response: Response, keep_alive: bool) -> Response:
-    return Response(response.status, response.reason, response.headers, response.body, keep_alive)
 
 
 class _Connection(asyncio.Protocol):
@@ -283,7 +273,6 @@ class _Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self.closed = True
         self._end(exc)
 
     def _end(self, exc: Optional[Exception] = None) -> None:
@@ -352,11 +341,9 @@ class HttpClient:
                         raise
                     # The peer closed the idle connection as we reused it: a GET is safe to send again.
                     conn = None
-                else:
-                    self._give_back(key, conn, response)
-                    return response
-            conn = await self._connect(host, port)
-            response = await self._exchange(conn, request)
+            if conn is None:
+                conn = await self._connect(host, port)
+                response = await self._exchange(conn, request)
             self._give_back(key, conn, response)
             return response
 
@@ -375,7 +362,7 @@ class HttpClient:
 
     async def _connect(self, host: str, port: int) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: _Connection(self._max_body), host.strip("[]"), port)
+        _, conn = await loop.create_connection(lambda: _Connection(self._max_body), host, port)
         self.connections_opened += 1
         return conn
 
@@ -418,9 +405,10 @@ class HttpClient:
                 del self._idle[key]
 
     def _request(self, host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
-        if not host.strip("[]") or any(c in host for c in "\r\n /"):
+        if not host or any(c in host for c in "\r\n /[]"):
             raise ValueError(f"invalid request host {host!r}")  # never a default address in its place
-        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", f"User-Agent: {self._user_agent}"]
+        authority = f"[{host}]" if ":" in host else host  # an IPv6 address
+        lines = [f"GET {path} HTTP/1.1", f"Host: {authority}:{port}", f"User-Agent: {self._user_agent}"]
         for name, value in headers.items():
             if any(c in name or c in value for c in "\r\n") or not name or ":" in name:
                 raise ValueError(f"invalid request header {name!r}")

@@ -67,8 +67,7 @@ class ScrapeSource:
 
     async def _fetch(self, client: HttpClient, target: ScrapeTarget) -> str:
         headers = {"Accept": ACCEPT, **target.supervision_headers()}
-        host = f"[{target.pod_ip}]" if ":" in target.pod_ip else target.pod_ip
-        resp = await client.get(host, target.port, target.path, headers, timeout=target.timeout_seconds)
+        resp = await client.get(target.pod_ip, target.port, target.path, headers, timeout=target.timeout_seconds)
         if resp.status != 200:
             raise MetricsUnavailable(f"HTTP {resp.status} from {target.url}")
         return resp.body.decode(resp.charset)

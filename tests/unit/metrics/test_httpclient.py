@@ -321,3 +321,26 @@ def test_a_failed_exchange_closes_its_socket():
             await asyncio.wait_for(closed.wait(), 2)
 
     asyncio.run(go())
+
+
+def test_an_ipv6_pod_is_dialled_and_named_in_brackets():
+    seen: list[bytes] = []
+
+    async def go():
+        async def on_connect(reader, writer):
+            seen.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(encode(b"m 1\n", "length", []))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, "::1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            client = HttpClient()
+            response = await client.get("::1", port, "/metrics", timeout=2)
+            await client.close()
+        return response, port
+
+    response, port = asyncio.run(go())
+    assert response.body == b"m 1\n"
+    assert f"\r\nHost: [::1]:{port}\r\n".encode() in seen[0]
