@@ -14,6 +14,8 @@ bench-scale has those.
   BENCH_PASS_N        strategies (200)
   BENCH_PASS_ROUNDS   measured rounds, one interval of the fake clock each (36)
   BENCH_PASS_PROFILE  1: the 25 functions with the most CPU of their own (cProfile)
+  BENCH_PASS_MEMORY   1: the 25 source lines holding the most of the fleet's memory once warm
+                      (tracemalloc; it slows the run, so its CPU figures are not comparable)
 
 It prints CPU microseconds per evaluation, and writes .state/bench/pass-cost.json.
 """
@@ -28,6 +30,7 @@ import os
 import pstats
 import sys
 import time
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Optional
@@ -126,7 +129,21 @@ class Strategy:
             self.body["status"] = self.memo.persisted_wire
 
 
-async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
+def _memory_top(before: tracemalloc.Snapshot, n: int, top: int = 25) -> str:
+    """The lines that allocated what the fleet still holds, per strategy."""
+    after = tracemalloc.take_snapshot()
+    keep = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    stats = after.filter_traces(keep).compare_to(before.filter_traces(keep), "lineno")
+    lines = [f"{'KiB/strategy':>12}  {'blocks':>8}  where"]
+    for stat in stats[:top]:
+        frame = stat.traceback[0]
+        lines.append(f"{stat.size_diff / n / 1024:12.2f}  {stat.count_diff:8d}  {frame.filename}:{frame.lineno}")
+    total = sum(s.size_diff for s in stats)
+    lines.append(f"{total / n / 1024:12.2f}  total")
+    return "\n".join(lines)
+
+
+async def run(n: int, rounds: int, profile: bool, memory: bool = False) -> dict[str, Any]:
     log_path = ROOT / ".state" / "bench" / "pass-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server = ScrapeServer(0, CAPITAL, log_path)
@@ -141,6 +158,7 @@ async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
         return sources["scrape"]
 
     rss0 = _rss()
+    before = tracemalloc.take_snapshot() if memory else None
     rec = Reconciler(kube, source_for, clock=lambda: clock[0], identity="bench")  # type: ignore[arg-type]
     fleet = [Strategy(i, server.port) for i in range(n)]
     slots = asyncio.Semaphore(256)
@@ -161,6 +179,7 @@ async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
         for _ in range(3):  # warm: at the live rung, metrics read, caches filled
             await round_(True)
         held = _rss() - rss0  # what the fleet's bodies, memos and caches hold, at the rung
+        memory_top = _memory_top(before, n) if before is not None else None
         calls_before = dict(kube.calls)
         prof = cProfile.Profile() if profile else None
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -192,6 +211,8 @@ async def run(n: int, rounds: int, profile: bool) -> dict[str, Any]:
         if os.environ.get("BENCH_PASS_CALLERS"):  # who calls the functions matching this
             stats.print_callers(os.environ["BENCH_PASS_CALLERS"])
         out["profile"] = buf.getvalue()
+    if memory_top is not None:
+        out["memory"] = memory_top
     return out
 
 
@@ -208,8 +229,12 @@ def main() -> None:
     n = int(os.environ.get("BENCH_PASS_N") or 200)
     rounds = int(os.environ.get("BENCH_PASS_ROUNDS") or 36)
     profile = os.environ.get("BENCH_PASS_PROFILE") == "1"
-    result = asyncio.run(run(n, rounds, profile))
+    memory = os.environ.get("BENCH_PASS_MEMORY") == "1"
+    if memory:
+        tracemalloc.start()
+    result = asyncio.run(run(n, rounds, profile, memory))
     text = result.pop("profile", None)
+    memory_text = result.pop("memory", None)
     path = ROOT / ".state" / "bench" / "pass-cost.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"[bench-pass] {result['evaluations']} evaluations of {n} strategies at {', '.join(result['phases'])}: "
@@ -218,6 +243,8 @@ def main() -> None:
     print(f"[bench-pass] calls per evaluation: {result['calls_per_evaluation']}")
     if text:
         print(text)
+    if memory_text:
+        print(memory_text)
     print(f"[bench-pass] written to {path}")
 
 

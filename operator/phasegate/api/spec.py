@@ -8,6 +8,7 @@ rules included, so that `kubectl apply` rejects bad input before the operator se
 from __future__ import annotations
 
 import functools
+import sys
 from datetime import timedelta
 from decimal import Decimal
 from enum import Enum
@@ -21,6 +22,17 @@ from .timezones import TIME_ZONES
 from .types import Duration, Fraction, Money, Ratio, json_type_check, out_of_range_number
 
 _TIME_ZONE_SET = frozenset(TIME_ZONES)
+# pydantic gives every model instance its own set of the fields it was given: a few hundred
+# bytes each, a third of a parsed status (36 models in a strategy's status and spec). Every
+# model here is frozen, so nothing adds to such a set after validation (model_copy copies
+# it before it updates it): instances given the same fields share one set. Bounded, since
+# the keys come from what manifests and statuses hold.
+_SHARED_FIELD_SETS: dict[frozenset[str], set[str]] = {}
+_SHARED_FIELD_SETS_MAX = 4096
+# Short strings repeat across thousands of strategies (condition types and reasons, phase
+# names, enum-like values) and each JSON decode makes new copies: values this short are
+# interned as they are validated.
+_INTERN_MAX = 64
 
 
 class ApiModel(BaseModel):
@@ -38,6 +50,16 @@ class ApiModel(BaseModel):
         """The object as it travels to and from the apiserver."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+    def model_post_init(self, context: Any, /) -> None:
+        given = self.__pydantic_fields_set__
+        key = frozenset(given)
+        shared = _SHARED_FIELD_SETS.get(key)
+        if shared is None:
+            if len(_SHARED_FIELD_SETS) >= _SHARED_FIELD_SETS_MAX:
+                return
+            shared = _SHARED_FIELD_SETS[key] = set(key)
+        object.__setattr__(self, "__pydantic_fields_set__", shared)
+
     @model_validator(mode="before")
     @classmethod
     def _as_the_apiserver_reads_it(cls, data: Any) -> Any:
@@ -54,6 +76,8 @@ class ApiModel(BaseModel):
         for key, value in data.items():
             if value is None and key in aliases:
                 continue
+            if type(value) is str and len(value) <= _INTERN_MAX:
+                value = sys.intern(value)
             check = checks.get(key)
             out[key] = value if check is None else check(value, key)
         return out
