@@ -102,7 +102,7 @@ bench-failover: venv binaries ## The leader-failover benchmark alone (BENCH_FAIL
 	$(PY) -m benchmarks.failover
 
 .PHONY: bench-pass
-bench-pass: venv ## One evaluation's CPU, in process, no cluster (BENCH_PASS_N, BENCH_PASS_PROFILE=1); seconds, for side-by-side runs.
+bench-pass: venv ## One evaluation's CPU and memory, in process, no cluster (BENCH_PASS_N, BENCH_PASS_PROFILE=1, BENCH_PASS_MEMORY=1); seconds.
 	$(PY) -m benchmarks.pass_cost
 
 .PHONY: bench-scale
