@@ -23,10 +23,11 @@ from .types import Duration, Fraction, Money, Ratio, json_type_check, out_of_ran
 
 _TIME_ZONE_SET = frozenset(TIME_ZONES)
 # pydantic gives every model instance its own set of the fields it was given: a few hundred
-# bytes each, a third of a parsed status (36 models in a strategy's status and spec). Every
-# model here is frozen, so nothing adds to such a set after validation (model_copy copies
-# it before it updates it): instances given the same fields share one set. Bounded, since
-# the keys come from what manifests and statuses hold.
+# bytes each, a third of a parsed status (36 models in a strategy's status and spec). On a
+# frozen model nothing adds to such a set after validation (model_copy copies it before it
+# updates it): instances given the same fields share one set. A model that is not frozen
+# keeps its own (an assignment would add to it). Bounded, since the keys come from what
+# manifests and statuses hold.
 _SHARED_FIELD_SETS: dict[frozenset[str], set[str]] = {}
 _SHARED_FIELD_SETS_MAX = 4096
 # Short strings repeat across thousands of strategies (condition types and reasons, phase
@@ -51,8 +52,9 @@ class ApiModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def model_post_init(self, context: Any, /) -> None:
-        given = self.__pydantic_fields_set__
-        key = frozenset(given)
+        if not self.model_config.get("frozen"):
+            return
+        key = frozenset(self.__pydantic_fields_set__)
         shared = _SHARED_FIELD_SETS.get(key)
         if shared is None:
             if len(_SHARED_FIELD_SETS) >= _SHARED_FIELD_SETS_MAX:

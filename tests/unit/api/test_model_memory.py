@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from phasegate.api import StrategySpec
+from phasegate.api.spec import ApiModel
 from phasegate.api.status import Condition, StrategyStatus
 
 BASE = {"capital": "1000000", "account": "DU1", "maxFraction": 0.1, "template": {"image": "x"}}
@@ -40,6 +41,19 @@ def test_models_stay_frozen_so_no_assignment_can_add_to_a_shared_set():
     status = StrategyStatus.model_validate({"phase": "paper", "conditions": [COND]})
     with pytest.raises(ValidationError):
         status.phase = "live-10"  # type: ignore[misc]
+
+
+class Editable(ApiModel):
+    model_config = {"frozen": False}
+    a: int = 0
+    b: int = 0
+
+
+def test_a_model_that_is_not_frozen_keeps_its_own_field_set():
+    x, y = Editable.model_validate({"a": 1}), Editable.model_validate({"a": 2})
+    assert x.__pydantic_fields_set__ is not y.__pydantic_fields_set__
+    x.b = 3
+    assert x.model_fields_set == {"a", "b"} and y.model_fields_set == {"a"}
 
 
 def test_short_strings_from_separate_decodes_are_one_object():
