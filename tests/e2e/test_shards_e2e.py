@@ -118,6 +118,12 @@ def list_strategies(k8s, ns: str) -> list[dict[str, Any]]:
         return []
 
 
+def counter(text: str, name: str) -> float:
+    """The sum of a counter's series in an exposition text."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith(f"{name}_created") and not line.startswith("#"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
@@ -180,6 +186,12 @@ def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(
 
         items = wait_for(all_advanced, 360, "every strategy advanced to shadow", interval=5)
         holders = held_by(ops)
+        # Each replica keeps the strategies of shards it does not hold as metadata only, and the
+        # survivors read those of the shards they took over fresh before acting on them.
+        for o in survivors:
+            text = o.metrics_text()
+            assert counter(text, "phasegate_elided_bodies_total") > 0, identity(o)
+        assert sum(counter(o.metrics_text(), "phasegate_fresh_body_reads_total") for o in survivors) > 0
     finally:
         for o in ops:
             o.stop()

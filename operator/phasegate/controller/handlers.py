@@ -30,8 +30,10 @@ from phasegate.api import StrategySpec, contract
 from phasegate.api.observations import Observation
 
 from . import cache, telemetry
+from .fresh import FreshBodies
 from .kube import PRIORITY, Conflict, Urgency
 from .leader import NotLeading
+from .lean_bodies import ELIDED, elided
 from .reconcile import STATUS_KEYS, Memo, Reconciler
 from .shards import CURRENT_SHARD
 
@@ -58,6 +60,8 @@ class Loop:
     last_evaluation: Optional[float] = None
     urgent_since: Optional[float] = None  # when the oldest urgent change not acted on yet arrived
     urgency: Optional[Urgency] = None  # of the pass in flight: raised when an urgent change arrives
+    # The body read fresh while kopf keeps this strategy elided (lean_bodies), until kopf has a newer one.
+    fetched: Optional[dict[str, Any]] = None
 
 
 LOOPS: dict[tuple[str, str], Loop] = {}
@@ -75,6 +79,12 @@ def unsharded(namespace: str, name: str) -> Optional[int]:
 
 
 SHARD_OF: Callable[[str, str], Optional[int]] = unsharded
+FRESH: Optional[FreshBodies] = None  # set with RECONCILER (controller/main.py)
+
+
+def standing_by(namespace: str, name: str) -> bool:
+    """For lean_bodies: this replica does not act on the strategy now (LEADING says so)."""
+    return not LEADING(namespace, name)
 STANDBY_POLL = 5.0  # a standby's loops are woken when it starts leading; this is only a backstop
 WATCHDOG_INTERVALS = 3.0
 URGENT_LATE = 1.0  # seconds from someone's change to the end of the pass acting on it: worth a warning
@@ -157,6 +167,35 @@ def phasegate_statefulsets(namespace: str, name: str, body: kopf.Body, **_: Any)
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
 def phasegate_networkpolicies(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
     return {(namespace, name): True}
+
+
+def newer(rv: Any, than: Any) -> bool:
+    """Whether resourceVersion `rv` may be newer than `than` (any that is not an integer may be)."""
+    try:
+        return int(rv) > int(than)
+    except (TypeError, ValueError):
+        return True
+
+
+async def readable(me: Loop, body: dict[str, Any], namespace: str, name: str, *, at_once: bool) -> Optional[dict[str, Any]]:
+    """The body to reconcile: kopf's, unless kopf keeps it elided (it came while this replica
+    stood by for the strategy); then one read fresh, kept until kopf has a newer body. None
+    when the strategy is gone. `at_once`: an urgent pass, which waits for no batch."""
+    if not elided(body):
+        me.fetched = None
+        return body
+    if me.fetched is None or newer(body[ELIDED], me.fetched["metadata"].get("resourceVersion")):
+        assert FRESH is not None, "phasegate.controller.main sets FRESH with the reconciler"
+        me.fetched = await (FRESH.now if at_once else FRESH.get)(namespace, name)
+    return dict(me.fetched) if me.fetched is not None else None
+
+
+def stand_by(me: Loop) -> None:
+    """A loop whose strategy this replica no longer acts on forgets what it knew: when it acts
+    again, it starts from what the apiserver holds, as after a restart (every transition is
+    written before it is acted on; a volatile field can only come back as persisted)."""
+    if me.memo.status is not None or me.fetched is not None:
+        me.memo, me.fetched = Memo(), None
 
 
 def own_echo(obj: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -251,6 +290,11 @@ async def strategy_loop(
 
         for attempt in range(5):
             try:
+                if attempt == 0:
+                    fresh = await readable(me, current, namespace, name, at_once=urgent)
+                    if fresh is None:
+                        return spec, False, False
+                    current = fresh
                 spec, _ = await reconciler.reconcile(
                     current, memo=me.memo, trigger="event" if not tick else "interval", read_metrics=tick,
                     pod=cache.first(phasegate_pods.get((namespace, f"{name}-0"))),
@@ -297,6 +341,7 @@ async def strategy_loop(
                 break
             if not LEADING(namespace, name):  # a standby (or a leader past its renew deadline) never reconciles
                 next_tick = min(next_tick, aio.time())  # kept due: the first pass as leader evaluates
+                stand_by(me)
                 continue
             urgent, me.urgent = me.urgent, False
             tick = not urgent and aio.time() >= next_tick

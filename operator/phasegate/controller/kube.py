@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Optional
@@ -188,6 +188,23 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    async def list_strategies(self, namespace: str, page: int = 500) -> AsyncIterator[dict[str, Any]]:
+        """Every strategy of a namespace, a page (`limit`) per request."""
+        token: Optional[str] = None
+        while True:
+            await self.limiter.acquire()
+            kwargs: dict[str, Any] = {"limit": page}
+            if token:
+                kwargs["_continue"] = token
+            out = await self.custom.list_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, namespace, contract.PLURAL, **kwargs
+            )
+            for item in out.get("items") or []:
+                yield item
+            token = (out.get("metadata") or {}).get("continue")
+            if not token:
+                return
 
     async def apply(self, obj: dict[str, Any]) -> None:
         """Server-side apply: idempotent, and it leaves fields others own alone."""

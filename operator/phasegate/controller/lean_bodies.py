@@ -15,12 +15,22 @@ kopf sees it:
   strategies, the diff base leaves status out, daemons already run, and our event handler
   ignores its own writes. Every other event, a foreign status write included, takes kopf's
   whole path.
+- A strategy this replica does not act on (a shard another replica holds, or every strategy
+  while this one stands by for the leader) is kept *elided*: its metadata only, spec and
+  status dropped, and the key ELIDED in their place. Shards then split the memory as well as
+  the evaluations. Nothing reads an elided body as a strategy: the loop that starts acting
+  on it reads it fresh first (handlers.readable), and Memo.load refuses one, so an elided
+  body can never pass for a strategy without a status (one that would start the ladder
+  over). kopf needs only the metadata of such a body (finalizers, deletion), and we
+  register no kopf change handler that would diff its spec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
+
+from phasegate.api.contract import KIND
 
 from . import telemetry
 
@@ -28,6 +38,33 @@ _MARK = "_phasegate_lean"
 # The status to keep for an event that is our own write echoed back, else None (handlers.own_echo).
 OwnEcho = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
 _own_echo: Optional[OwnEcho] = None
+# Whether this replica stands by for a strategy (namespace, name): its bodies are then elided.
+StandingBy = Callable[[str, str], bool]
+_standing_by: Optional[StandingBy] = None
+ELIDED = "phasegateElided"  # top-level key of an elided body; its value is the body's resourceVersion
+
+
+def elided(body: Any) -> bool:
+    return isinstance(body, Mapping) and ELIDED in body
+
+
+def elide(obj: dict[str, Any]) -> None:
+    obj.pop("spec", None)
+    obj.pop("status", None)
+    obj[ELIDED] = (obj.get("metadata") or {}).get("resourceVersion") or ""
+
+
+def elide_if_standing_by(raw_event: Any) -> bool:
+    """Elide a strategy's body when this replica stands by for it; whether it was."""
+    obj = raw_event.get("object") if isinstance(raw_event, dict) else None
+    if _standing_by is None or not isinstance(obj, dict) or obj.get("kind") != KIND:
+        return False
+    meta = obj.get("metadata") or {}
+    if not _standing_by(meta.get("namespace") or "", meta.get("name") or ""):
+        return False
+    elide(obj)
+    telemetry.ELIDED_BODIES.inc()
+    return True
 
 
 def strip(raw_event: Any) -> None:
@@ -76,12 +113,12 @@ async def absorb(raw_event: Any, kwargs: dict[str, Any]) -> bool:
     return True
 
 
-def install(own_echo: Optional[OwnEcho] = None) -> bool:
+def install(own_echo: Optional[OwnEcho] = None, standing_by: Optional[StandingBy] = None) -> bool:
     """Wrap kopf's event processor; kopf looks it up when the operator starts (running.py
     binds it with functools.partial then), so this runs before `kopf.operator()`. False when
     this kopf has no such processor (its internals moved): the bodies are then kept whole
     and every echo is processed, which costs memory and CPU, not correctness."""
-    global _own_echo
+    global _own_echo, _standing_by
     try:
         from kopf._core.reactor import processing
     except ImportError:
@@ -89,13 +126,13 @@ def install(own_echo: Optional[OwnEcho] = None) -> bool:
     original = getattr(processing, "process_resource_event", None)
     if original is None:
         return False
-    _own_echo = own_echo
+    _own_echo, _standing_by = own_echo, standing_by
     if getattr(original, _MARK, False):
         return True
 
     async def process_resource_event(*args: Any, raw_event: Any, **kwargs: Any) -> Any:
         strip(raw_event)
-        if await absorb(raw_event, kwargs):
+        if not elide_if_standing_by(raw_event) and await absorb(raw_event, kwargs):
             return None  # as kopf's own processor answers when it patched nothing
         return await original(*args, raw_event=raw_event, **kwargs)
 

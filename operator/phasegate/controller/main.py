@@ -22,6 +22,7 @@ from phasegate.metrics.httpclient import HttpClient
 
 from . import collector, handlers, leader, lean_bodies, telemetry
 from .election_thread import ElectionThread
+from .fresh import FreshBodies
 from .kube import Kube, RateLimiter, load_client
 from .reconcile import Reconciler
 from .shards import LeaseDirectory, ShardElection, conflicting, shard_of
@@ -286,6 +287,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
     identity = election.identity if election is not None else leader.default_identity()
     handlers.RECONCILER = Reconciler(kube, source_for, identity=identity)
+    handlers.FRESH = FreshBodies(kube)
     _state["api"] = api
     if _state.get("metrics_port"):
         _state["runner"] = await _metrics_app(_state["metrics_port"], _state.get("bind_address") or "0.0.0.0")
@@ -375,7 +377,7 @@ def run(
     if liveness_port:
         host = f"[{bind_address}]" if ":" in bind_address else bind_address
         kwargs["liveness_endpoint"] = f"http://{host}:{liveness_port}/healthz"
-    if not lean_bodies.install(own_echo=handlers.own_echo):
+    if not lean_bodies.install(own_echo=handlers.own_echo, standing_by=handlers.standing_by):
         telemetry.log_for("-", "-").warning("kopf's event processor not found: bodies are kept with their managedFields")
     asyncio.run(_operate(kwargs))
 

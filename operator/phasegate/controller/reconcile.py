@@ -31,10 +31,15 @@ from phasegate.policy.rollout import Decision, decide
 from . import telemetry
 from .cache import PodView, StatefulSetView
 from .kube import Conflict, Kube, make_urgent
+from .lean_bodies import elided
 from .observe import observe, pod_refusal
 
 URGENT_TRANSITIONS = {Transition.HALT, Transition.EMERGENCY, Transition.PAUSE, Transition.REDUCE}
 STATUS_KEYS = set(StrategyStatus.model_json_schema(by_alias=True)["properties"])
+
+
+class ElidedBody(RuntimeError):
+    """A strategy body kept as metadata only was about to be reconciled."""
 
 
 def ours(raw: Optional[dict[str, Any]]) -> dict[str, Any]:
@@ -94,6 +99,10 @@ class Memo:
 
     def load(self, body: dict[str, Any], now: datetime) -> tuple[StrategyStatus, str]:
         """(the status to decide from, the resourceVersion a write must be based on)."""
+        if elided(body):
+            # Metadata only (lean_bodies): read as a strategy it would have no status at all,
+            # as if it had never climbed, and a halted one would start over.
+            raise ElidedBody(f"{body['metadata'].get('name')}: the body is elided; read it fresh first")
         rv = body["metadata"]["resourceVersion"]
         if self.status is not None and (self.is_own(rv) or self.is_stale(rv)):
             return self.status, self.persisted_rv
@@ -431,4 +440,4 @@ def _event_reason(entry: HistoryEntry) -> str:
     return entry.action.value.title().replace("-", "") + cause
 
 
-__all__ = ["Conflict", "Memo", "Reconciler", "merge_patch", "ours", "parse_status"]
+__all__ = ["Conflict", "ElidedBody", "Memo", "Reconciler", "merge_patch", "ours", "parse_status"]

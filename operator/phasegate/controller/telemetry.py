@@ -157,6 +157,17 @@ OWN_ECHOES = Counter(
     "Watch events that were our own status write echoed back, applied to kopf's copy without its processing.",
     registry=REGISTRY,
 )
+ELIDED_BODIES = Counter(
+    "phasegate_elided_bodies_total",
+    "Watch events of strategies this replica stands by for (another shard, or not the leader), kept as metadata only.",
+    registry=REGISTRY,
+)
+FRESH_BODY_READS = Counter(
+    "phasegate_fresh_body_reads_total",
+    "Strategies read from the apiserver because this replica began acting on them while kopf kept them elided, "
+    "by how (one LIST for many at a takeover, else a GET).",
+    ["read"], registry=REGISTRY,
+)
 STATUS_WRITES = Counter(
     "phasegate_status_writes_total",
     "Status writes of the strategies (volatile fields are written at most every 120 s; decisions at once).",
