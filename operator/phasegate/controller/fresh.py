@@ -31,7 +31,7 @@ def lean(body: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
 
 
 class FreshBodies:
-    def __init__(self, kube: Reader, *, window: float = 0.05, many: int = 20, page: int = 500) -> None:
+    def __init__(self, kube: Reader, *, window: float = 0.2, many: int = 20, page: int = 500) -> None:
         self.kube = kube
         self.window, self.many, self.page = window, many, page
         self._asks: dict[Key, list[asyncio.Future[Optional[dict[str, Any]]]]] = {}

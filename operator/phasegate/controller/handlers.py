@@ -16,6 +16,7 @@ indexes, controller/cache.py), not a GET per pass; our own status writes do not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
@@ -272,6 +273,9 @@ async def strategy_loop(
     me.wake.set()  # the first pass at once (no metrics read); evaluations then fall at the offset
 
     async def evaluation(due: float) -> tuple[Optional[StrategySpec], bool, bool]:
+        if elided(body):  # read before queueing for a slot: a takeover's loops are read in one round
+            with contextlib.suppress(Exception):  # the pass reads again, and reports what fails
+                await readable(me, dict(body), namespace, name, at_once=False)
         async with EVALUATION_SLOTS:
             telemetry.EVALUATION_LAG.observe(max(0.0, aio.time() - due))
             return await one_pass(dict(body), True, False)
