@@ -239,6 +239,8 @@ class ProcSampler:
         self.seconds = time.monotonic() - self.t0
         self.ticks1, rss = self.stat()
         self.rss.append(rss * self.page)
+        # Each replica's own at the end: a sharded fleet's total hides whether shards split it.
+        self.rss_each = [st.proc_stat(Path(f"/proc/{pid}/stat").read_text())[1] * self.page for pid in self.pids]
 
     def result(self) -> dict[str, Any]:
         return {
@@ -247,6 +249,7 @@ class ProcSampler:
             "cpu_cores_mean": round(st.cpu_fraction(self.ticks0, self.ticks1, self.seconds, self.clk), 3),
             "samples": len(self.rss),
             "processes": len(self.pids),
+            "rss_mib_each_at_end": [round(r / 2**20, 1) for r in self.rss_each],
         }
 
 
@@ -772,7 +775,7 @@ def report(r: dict[str, Any]) -> None:
     rec = r["reconcile"]
     print(f"  reconcile        all {r['n']} in {rec['all_reconciled_s']}s (creates took {rec['created_s']}s)")
     print(f"  operator         RSS {p['rss_mib_mean']} MiB mean ({p['rss_mib_max']} max), CPU {p['cpu_cores_mean']} cores "
-          f"over {ss['window_s']}s")
+          f"over {ss['window_s']}s" + (f"; each replica {p['rss_mib_each_at_end']} MiB" if p.get("processes", 1) > 1 else ""))
     print(f"  apiserver        {ss['requests_per_strategy_per_interval_total']} requests per strategy per interval; "
           f"status writes {ss['status_writes_per_strategy_per_interval']}")
     rows = sorted(ss["requests_per_strategy_per_interval"].items(), key=lambda kv: -kv[1])
