@@ -222,12 +222,16 @@ class ProcSampler:
         stats = [st.proc_stat(Path(f"/proc/{pid}/stat").read_text()) for pid in self.pids]
         return sum(t for t, _ in stats), sum(r for _, r in stats)
 
+    def kernel_ticks(self) -> int:
+        return sum(st.proc_kernel_ticks(Path(f"/proc/{pid}/stat").read_text()) for pid in self.pids)
+
     def run(self) -> None:
         while not self.stop.wait(1.0):
             self.rss.append(self.stat()[1] * self.page)
 
     def __enter__(self) -> ProcSampler:
         self.t0, (self.ticks0, rss) = time.monotonic(), self.stat()
+        self.kernel0 = self.kernel_ticks()
         self.rss.append(rss * self.page)
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -238,6 +242,7 @@ class ProcSampler:
         self.thread.join()
         self.seconds = time.monotonic() - self.t0
         self.ticks1, rss = self.stat()
+        self.kernel1 = self.kernel_ticks()
         self.rss.append(rss * self.page)
         # Each replica's own at the end: a sharded fleet's total hides whether shards split it.
         self.rss_each = [st.proc_stat(Path(f"/proc/{pid}/stat").read_text())[1] * self.page for pid in self.pids]
@@ -247,6 +252,8 @@ class ProcSampler:
             "rss_mib_mean": round(sum(self.rss) / len(self.rss) / 2**20, 1),
             "rss_mib_max": round(max(self.rss) / 2**20, 1),
             "cpu_cores_mean": round(st.cpu_fraction(self.ticks0, self.ticks1, self.seconds, self.clk), 3),
+            # System calls (sockets, epoll) and the wake-ups they cost, within cpu_cores_mean.
+            "cpu_kernel_share": round((self.kernel1 - self.kernel0) / max(1.0, self.ticks1 - self.ticks0), 3),
             "samples": len(self.rss),
             "processes": len(self.pids),
             "rss_mib_each_at_end": [round(r / 2**20, 1) for r in self.rss_each],
@@ -775,7 +782,8 @@ def report(r: dict[str, Any]) -> None:
     rec = r["reconcile"]
     print(f"  reconcile        all {r['n']} in {rec['all_reconciled_s']}s (creates took {rec['created_s']}s)")
     print(f"  operator         RSS {p['rss_mib_mean']} MiB mean ({p['rss_mib_max']} max), CPU {p['cpu_cores_mean']} cores "
-          f"over {ss['window_s']}s" + (f"; each replica {p['rss_mib_each_at_end']} MiB" if p.get("processes", 1) > 1 else ""))
+          f"over {ss['window_s']}s ({p.get('cpu_kernel_share', 0):.0%} in the kernel)"
+          + (f"; each replica {p['rss_mib_each_at_end']} MiB" if p.get("processes", 1) > 1 else ""))
     print(f"  apiserver        {ss['requests_per_strategy_per_interval_total']} requests per strategy per interval; "
           f"status writes {ss['status_writes_per_strategy_per_interval']}")
     rows = sorted(ss["requests_per_strategy_per_interval"].items(), key=lambda kv: -kv[1])

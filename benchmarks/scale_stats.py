@@ -192,6 +192,11 @@ def proc_stat(stat: str) -> tuple[float, int]:
     return float(int(rest[11]) + int(rest[12])), int(rest[21])
 
 
+def proc_kernel_ticks(stat: str) -> int:
+    """stime (field 15) of /proc/<pid>/stat: CPU spent in the kernel on the process's behalf."""
+    return int(stat[stat.rindex(")") + 2 :].split()[12])
+
+
 def cpu_fraction(ticks_before: float, ticks_after: float, seconds: float, clk_tck: int) -> float:
     """CPU used over a wall-clock span, in cores (1.0 is one core busy all the time)."""
     if seconds <= 0:

@@ -86,6 +86,8 @@ FRESH: Optional[FreshBodies] = None  # set with RECONCILER (controller/main.py)
 def standing_by(namespace: str, name: str) -> bool:
     """For lean_bodies: this replica does not act on the strategy now (LEADING says so)."""
     return not LEADING(namespace, name)
+
+
 STANDBY_POLL = 5.0  # a standby's loops are woken when it starts leading; this is only a backstop
 WATCHDOG_INTERVALS = 3.0
 URGENT_LATE = 1.0  # seconds from someone's change to the end of the pass acting on it: worth a warning

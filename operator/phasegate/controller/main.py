@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -379,7 +380,26 @@ def run(
         kwargs["liveness_endpoint"] = f"http://{host}:{liveness_port}/healthz"
     if not lean_bodies.install(own_echo=handlers.own_echo, standing_by=handlers.standing_by):
         telemetry.log_for("-", "-").warning("kopf's event processor not found: bodies are kept with their managedFields")
-    asyncio.run(_operate(kwargs))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_operate(kwargs))
+
+
+def event_loop_factory(choice: Optional[str] = None) -> Optional[Callable[[], asyncio.AbstractEventLoop]]:
+    """PHASEGATE_EVENT_LOOP: `asyncio` (the standard loop) or `uvloop`; unset, uvloop when it is
+    installed, as kopf's own CLI does."""
+    choice = (choice if choice is not None else os.environ.get("PHASEGATE_EVENT_LOOP", "")).strip().lower()
+    if choice not in ("", "asyncio", "uvloop"):
+        raise SystemExit(f"PHASEGATE_EVENT_LOOP={choice!r}: set it to asyncio or uvloop, or leave it unset")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("PHASEGATE_EVENT_LOOP=uvloop: uvloop is not installed (pip install uvloop)") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 async def _operate(kwargs: dict[str, Any]) -> None:
