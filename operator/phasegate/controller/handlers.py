@@ -34,7 +34,7 @@ from . import cache, telemetry
 from .fresh import FreshBodies
 from .kube import PRIORITY, Conflict, Urgency
 from .leader import NotLeading
-from .lean_bodies import ELIDED, elided
+from .lean_bodies import ELIDED, STATUS_ELIDED, elided
 from .reconcile import STATUS_KEYS, Memo, Reconciler
 from .shards import CURRENT_SHARD
 
@@ -184,10 +184,11 @@ async def readable(me: Loop, body: dict[str, Any], namespace: str, name: str, *,
     """The body to reconcile: kopf's, unless kopf keeps it elided (it came while this replica
     stood by for the strategy); then one read fresh, kept until kopf has a newer body. None
     when the strategy is gone. `at_once`: an urgent pass, which waits for no batch."""
-    if not elided(body):
+    if not elided(body) and (STATUS_ELIDED not in body or me.memo.vouches_for(body)):
         me.fetched = None
         return body
-    if me.fetched is None or newer(body[ELIDED], me.fetched["metadata"].get("resourceVersion")):
+    at = body.get(ELIDED) or body.get(STATUS_ELIDED)
+    if me.fetched is None or newer(at, me.fetched["metadata"].get("resourceVersion")):
         assert FRESH is not None, "phasegate.controller.main sets FRESH with the reconciler"
         me.fetched = await (FRESH.now if at_once else FRESH.get)(namespace, name)
     return dict(me.fetched) if me.fetched is not None else None
@@ -201,23 +202,22 @@ def stand_by(me: Loop) -> None:
         me.memo, me.fetched = Memo(), None
 
 
-def own_echo(obj: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """For controller/lean_bodies.py: the status our loop holds, when a watched strategy is
-    exactly at the resourceVersion that loop's last write produced (its echo) and carries no
-    status field but ours; else None."""
+def own_echo(obj: dict[str, Any]) -> bool:
+    """For controller/lean_bodies.py: whether a watched strategy is exactly at the
+    resourceVersion its loop's last write produced (its echo) and carries no status field but
+    ours (then the loop's memo vouches for it and kopf need not keep its status)."""
     if obj.get("kind") != contract.KIND:
-        return None
+        return False
     meta = obj.get("metadata") or {}
     loop = LOOPS.get((meta.get("namespace"), meta.get("name")))
     if loop is None:
-        return None
+        return False
     memo = loop.memo
     rv = meta.get("resourceVersion")
-    if not rv or rv != memo.echo_rv or not memo.persisted_wire:
-        return None
-    if not STATUS_KEYS.issuperset(obj.get("status") or {}):
-        return None  # a field someone else keeps in status: kopf gets the body as it came
-    return memo.persisted_wire
+    if not rv or rv != memo.echo_rv or not memo.persisted_json:
+        return False
+    # A field someone else keeps in status: kopf gets the body as it came.
+    return STATUS_KEYS.issuperset(obj.get("status") or {})
 
 
 @kopf.on.event(**STRATEGY)

@@ -8,8 +8,10 @@ kopf sees it:
   (35 of 80 KiB for a strategy that climbed the ladder), and nothing in the operator or in
   kopf reads them. The apiserver still has them: `kubectl get -o yaml --show-managed-fields`.
 - An event that is our own status write echoed back (`own_echo` says so: the strategy's loop
-  wrote exactly that resourceVersion) only replaces the body kopf keeps, with the status the
-  loop already holds (one copy in memory instead of two), and goes no further. Such an event
+  wrote exactly that resourceVersion) only replaces the body kopf keeps, without its status
+  (STATUS_ELIDED in its place: the loop's memo holds that status, so kopf keeps no second
+  copy; a pass whose memo cannot vouch for such a body reads it fresh, and Memo.load refuses
+  it), and goes no further. Such an event
   differs from the one before it by our status alone (the write was conditional on the
   resourceVersion it replaced), so kopf has nothing to do for it: no index covers
   strategies, the diff base leaves status out, daemons already run, and our event handler
@@ -35,13 +37,15 @@ from phasegate.api.contract import KIND
 from . import telemetry
 
 _MARK = "_phasegate_lean"
-# The status to keep for an event that is our own write echoed back, else None (handlers.own_echo).
-OwnEcho = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
+# Whether an event is our own write echoed back (handlers.own_echo).
+OwnEcho = Callable[[dict[str, Any]], bool]
 _own_echo: Optional[OwnEcho] = None
 # Whether this replica stands by for a strategy (namespace, name): its bodies are then elided.
 StandingBy = Callable[[str, str], bool]
 _standing_by: Optional[StandingBy] = None
 ELIDED = "phasegateElided"  # top-level key of an elided body; its value is the body's resourceVersion
+# In place of the status of a body that is our own write echoed back: the loop's memo holds it.
+STATUS_ELIDED = "phasegateStatusElided"
 
 
 def elided(body: Any) -> bool:
@@ -76,7 +80,8 @@ def strip(raw_event: Any) -> None:
 
 def only_status_moved(before: Any, after: dict[str, Any]) -> bool:
     """Whether `after` is `before` with another status and resourceVersion, nothing else."""
-    if not isinstance(before, dict) or before.keys() - {"status"} != after.keys() - {"status"}:
+    moving = {"status", STATUS_ELIDED}
+    if not isinstance(before, dict) or before.keys() - moving != after.keys() - moving:
         return False
     for key, value in after.items():
         if key == "metadata":
@@ -98,8 +103,7 @@ async def absorb(raw_event: Any, kwargs: dict[str, Any]) -> bool:
     memories = kwargs.get("memories")
     if not isinstance(obj, dict) or memories is None:
         return False
-    status = _own_echo(obj)
-    if status is None:
+    if not _own_echo(obj):
         return False
     memory = await memories.recall(obj, memobase=kwargs.get("memobase"))
     live = getattr(getattr(memory, "daemons_memory", None), "live_fresh_body", None)
@@ -107,7 +111,8 @@ async def absorb(raw_event: Any, kwargs: dict[str, Any]) -> bool:
         return False  # no daemon keeps this body (or kopf changed): kopf's own path
     if not only_status_moved(getattr(live, "_src", None), obj):
         return False  # kopf has not seen what the write was based on: its own path
-    obj["status"] = status
+    obj.pop("status", None)
+    obj[STATUS_ELIDED] = obj["metadata"]["resourceVersion"]
     live._replace_with(obj)
     telemetry.OWN_ECHOES.inc()
     return True

@@ -9,6 +9,7 @@ from which the next reconcile reaches the same end state without a second transi
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from phasegate.policy.rollout import Decision, decide
 from . import telemetry
 from .cache import PodView, StatefulSetView
 from .kube import Conflict, Kube, make_urgent
-from .lean_bodies import elided
+from .lean_bodies import STATUS_ELIDED, elided
 from .observe import observe, pod_refusal
 
 URGENT_TRANSITIONS = {Transition.HALT, Transition.EMERGENCY, Transition.PAUSE, Transition.REDUCE}
@@ -66,7 +67,11 @@ class Memo:
 
     status: Optional[StrategyStatus] = None
     persisted: Optional[StrategyStatus] = None
-    persisted_wire: dict[str, Any] = field(default_factory=dict)
+    # What the apiserver holds of our status as compact JSON, not as a tree of dicts: it is
+    # read only to write (the merge patch's base) and on someone else's write, and the tree
+    # was a fifth of a strategy's memory. kopf's copy of the body holds no status at all after
+    # our own write (lean_bodies: STATUS_ELIDED), so this is the one copy.
+    persisted_json: str = ""
     persisted_rv: str = ""
     persisted_at: Optional[datetime] = None
     own: deque[str] = field(default_factory=lambda: deque(maxlen=16))
@@ -79,6 +84,19 @@ class Memo:
     evaluations: int = 0  # interval evaluations completed by this process
     _stable: Optional[Stable] = None
     _stable_of: Optional[StrategyStatus] = None
+
+    @property
+    def persisted_wire(self) -> dict[str, Any]:
+        return json.loads(self.persisted_json) if self.persisted_json else {}
+
+    def _persist_wire(self, wire: dict[str, Any]) -> None:
+        self.persisted_json = json.dumps(wire, separators=(",", ":")) if wire else ""
+
+    def vouches_for(self, body: Any) -> bool:
+        """Whether this memo holds what a pass would decide from for `body`: our own write or an
+        older copy, which it never reads (so a body whose status kopf does not keep will do)."""
+        rv = body["metadata"]["resourceVersion"]
+        return self.status is not None and (self.is_own(rv) or self.is_stale(rv))
 
     def is_own(self, rv: Optional[str]) -> bool:
         return bool(rv) and (rv == self.persisted_rv or rv in self.own)
@@ -104,24 +122,30 @@ class Memo:
             # as if it had never climbed, and a halted one would start over.
             raise ElidedBody(f"{body['metadata'].get('name')}: the body is elided; read it fresh first")
         rv = body["metadata"]["resourceVersion"]
-        if self.status is not None and (self.is_own(rv) or self.is_stale(rv)):
-            return self.status, self.persisted_rv
+        if self.vouches_for(body):
+            return self.status, self.persisted_rv  # type: ignore[return-value]  # vouches_for: status is set
+        if STATUS_ELIDED in body:
+            # kopf keeps no status after our own write; one this memo cannot vouch for (it
+            # forgot its writes after a 409, or stood by) would read as no status at all.
+            raise ElidedBody(f"{body['metadata'].get('name')}: the status is elided; read it fresh first")
         wire = ours(body.get("status"))
-        if self.status is not None and self.persisted is not None and wire == self.persisted_wire:
+        persisted_wire = self.persisted_wire
+        if self.status is not None and self.persisted is not None and wire == persisted_wire:
             status, persisted = self.status, self.persisted  # only the spec or metadata moved
         elif self.status is not None:
             # Someone else wrote status (a breaker condition, another replica that led for a
             # while): their fields win, ours that were not written yet stay for the rest.
             mine = self.status.wire()
             merged = {}
-            for key in wire.keys() | mine.keys() | self.persisted_wire.keys():
-                value = wire.get(key) if wire.get(key) != self.persisted_wire.get(key) else mine.get(key)
+            for key in wire.keys() | mine.keys() | persisted_wire.keys():
+                value = wire.get(key) if wire.get(key) != persisted_wire.get(key) else mine.get(key)
                 if value is not None:
                     merged[key] = value
             status, persisted = StrategyStatus.model_validate(merged), StrategyStatus.model_validate(wire)
         else:
             status = persisted = StrategyStatus.model_validate(wire)
-        self.persisted, self.persisted_wire, self.persisted_rv = persisted, wire, rv
+        self.persisted, self.persisted_rv = persisted, rv
+        self._persist_wire(wire)
         self.echo_rv = ""
         self.persisted_at = self.persisted_at or now
         self.status = status
@@ -131,7 +155,8 @@ class Memo:
         self.own.append(base_rv)
         self.own.append(rv)
         self.echo_rv = rv if rv != base_rv else ""
-        self.status, self.persisted, self.persisted_wire, self.persisted_rv, self.persisted_at = status, status, wire, rv, now
+        self.status, self.persisted, self.persisted_rv, self.persisted_at = status, status, rv, now
+        self._persist_wire(wire)
 
     def persisted_stable(self) -> Optional[Stable]:
         """persistence.stable(persisted), computed once per write rather than on every pass."""
@@ -310,11 +335,11 @@ class Reconciler:
                             obs: Optional[Observation] = None) -> None:
         """Write what differs from what is written, based on `base_rv`; the memo learns the
         resourceVersion it produced, so that neither its echo nor the next pass is news."""
-        new_wire = new.wire()
-        if new_wire == memo.persisted_wire:
+        new_wire, old_wire = new.wire(), memo.persisted_wire
+        if new_wire == old_wire:
             return
         try:
-            written_rv = await self.kube.patch_status(ns, name, merge_patch(memo.persisted_wire, new_wire), base_rv)
+            written_rv = await self.kube.patch_status(ns, name, merge_patch(old_wire, new_wire), base_rv)
         except Conflict as exc:
             memo.forget_writes()
             exc.observation = obs  # type: ignore[attr-defined]

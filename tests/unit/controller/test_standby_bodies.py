@@ -11,7 +11,7 @@ from typing import Any, Optional
 import pytest
 from kopf._core.reactor import processing
 
-from phasegate.api import contract
+from phasegate.api import StrategyStatus, contract
 from phasegate.controller import handlers, lean_bodies, telemetry
 from phasegate.controller.fresh import FreshBodies
 from phasegate.controller.reconcile import ElidedBody, Memo, Reconciler
@@ -213,3 +213,61 @@ def test_a_loop_standing_by_forgets_its_memo_and_its_read():
     me.fetched = strategy("8")
     handlers.stand_by(me)
     assert me.memo.status is None and me.fetched is None
+
+
+# After our own write kopf keeps the body without its status (lean_bodies.STATUS_ELIDED): the
+# loop's memo vouches for it, and nothing else may read it as a strategy.
+
+
+def echoed(rv: str) -> dict[str, Any]:
+    body = strategy(rv)
+    body.pop("status")
+    body[lean_bodies.STATUS_ELIDED] = rv
+    return body
+
+
+def written_memo() -> Memo:
+    memo = Memo()
+    memo.load(strategy("30", phase="live-65"), NOW)
+    wire = {"phase": "live-65", "eventsPostedSeq": 4}
+    memo.wrote(StrategyStatus.model_validate(wire), wire, "30", "31", NOW)
+    return memo
+
+
+def test_a_memo_vouches_only_for_its_own_writes_and_older_copies():
+    memo = written_memo()
+    assert memo.vouches_for(echoed("31")) and memo.vouches_for(echoed("30")) and memo.vouches_for(echoed("29"))
+    assert memo.load(echoed("31"), NOW)[0].events_posted_seq == 4
+    assert not memo.vouches_for(echoed("32"))
+    with pytest.raises(ElidedBody):  # newer than our write: someone's, with a status we do not have
+        memo.load(echoed("32"), NOW)
+    memo.forget_writes()  # a 409: what the apiserver holds is unknown
+    with pytest.raises(ElidedBody):
+        memo.load(echoed("31"), NOW)
+    with pytest.raises(ElidedBody):  # a loop that stood by starts with an empty memo
+        Memo().load(echoed("31"), NOW)
+
+
+def test_the_written_status_is_kept_as_json_and_read_back_whole():
+    memo = written_memo()
+    assert memo.persisted_json == '{"phase":"live-65","eventsPostedSeq":4}'
+    assert memo.persisted_wire == {"phase": "live-65", "eventsPostedSeq": 4}
+    assert memo.persisted_wire is not memo.persisted_wire, "a copy each time: nothing can edit what is written"
+    assert Memo().persisted_wire == {} and not Memo().persisted_json
+
+
+def test_a_loop_whose_memo_cannot_vouch_for_an_echoed_body_reads_it_fresh(monkeypatch):
+    me = handlers.Loop()
+    me.memo = written_memo()
+    fresh = Fresh(strategy("33"))
+    monkeypatch.setattr(handlers, "FRESH", fresh)
+
+    def readable(body: dict[str, Any]) -> Optional[dict[str, Any]]:
+        return asyncio.run(handlers.readable(me, body, "desk", "momo", at_once=True))
+
+    body = echoed("31")
+    assert readable(body) is body and fresh.calls == [], "the memo vouches: no read"
+    me.memo.forget_writes()
+    got = readable(echoed("31"))
+    assert got["metadata"]["resourceVersion"] == "33" and fresh.calls == ["now"]
+    assert me.memo.load(got, NOW)[0].phase == "live-65"
