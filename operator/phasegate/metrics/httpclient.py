@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, cast
 
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -253,8 +253,9 @@ class _Connection(asyncio.Protocol):
         self._waiter: Optional[asyncio.Future[Response]] = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, whatever its class: uvloop's TCPTransport does not subclass
+        # asyncio.Transport (an isinstance check here failed every scrape under uvloop).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._parser is None or self._waiter is None or self._waiter.done():

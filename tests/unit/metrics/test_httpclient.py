@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from phasegate.controller.main import event_loop_factory
 from phasegate.metrics.httpclient import ConnectionClosed, HttpClient, HttpError, ResponseParser
 
 
@@ -140,6 +141,26 @@ def test_eof_before_the_end_is_a_closed_connection():
 
 # The client on real sockets: a server written on asyncio streams, so that what it does
 # (close an idle connection, stop mid-body, answer until close) is exactly what the test says.
+# Each runs on the standard event loop and on uvloop (the operator's default when installed:
+# its transports are not asyncio's classes, and an isinstance check once failed every scrape).
+
+
+def pytest_generate_tests(metafunc):
+    if "event_loop_kind" in metafunc.fixturenames:
+        metafunc.parametrize("event_loop_kind", ["asyncio", "uvloop"], indirect=True)
+
+
+@pytest.fixture
+def event_loop_kind(request, monkeypatch):
+    if request.param == "uvloop":
+        factory = event_loop_factory("uvloop")
+
+        def run(main, **_):
+            with asyncio.Runner(loop_factory=factory) as runner:
+                return runner.run(main)
+
+        monkeypatch.setattr(asyncio, "run", run)
+    return request.param
 
 async def serve(answer):
     """A server calling answer(request_number, writer) per request; returns (server, port, seen)."""
@@ -172,6 +193,7 @@ def ok(body: bytes = b"m 1\n"):
     return answer
 
 
+@pytest.mark.usefixtures("event_loop_kind")
 def test_a_request_says_what_it_asks_for():
     async def go():
         server, port, seen = await serve(ok())
@@ -190,6 +212,7 @@ def test_a_request_says_what_it_asks_for():
     assert "accept-encoding" not in head.lower()
 
 
+@pytest.mark.usefixtures("event_loop_kind")
 def test_an_idle_connection_closed_by_the_server_is_replaced_without_a_failed_read():
     async def answer(n, writer):
         writer.write(encode(b"m %d\n" % n, "length", []))
@@ -211,6 +234,7 @@ def test_an_idle_connection_closed_by_the_server_is_replaced_without_a_failed_re
     assert opened == 2 and [c for c, _ in seen] == [1, 2, 2]
 
 
+@pytest.mark.usefixtures("event_loop_kind")
 def test_a_close_in_the_middle_of_a_body_is_a_failed_read_not_retried():
     async def answer(n, writer):
         if n == 1:
@@ -234,6 +258,7 @@ def test_a_close_in_the_middle_of_a_body_is_a_failed_read_not_retried():
     assert len(seen) == 2, "a response that had begun is a failed read, never sent again"
 
 
+@pytest.mark.usefixtures("event_loop_kind")
 def test_a_body_delimited_by_close_is_read_and_the_connection_not_kept():
     async def answer(n, writer):
         writer.write(encode(b"m 1\nm 2\n", "close", []))
@@ -252,6 +277,7 @@ def test_a_body_delimited_by_close_is_read_and_the_connection_not_kept():
     assert a.body == b.body == b"m 1\nm 2\n" and opened == 2
 
 
+@pytest.mark.usefixtures("event_loop_kind")
 def test_a_timeout_mid_answer_closes_the_connection():
     async def answer(n, writer):
         if n == 1:
@@ -276,6 +302,7 @@ def test_a_timeout_mid_answer_closes_the_connection():
     assert again.body == b"fresh" and opened == 2, "the half-read connection is never reused"
 
 
+@pytest.mark.usefixtures("event_loop_kind")
 def test_idle_connections_past_their_timeout_are_not_reused():
     async def go():
         server, port, seen = await serve(ok())
@@ -294,11 +321,13 @@ def test_idle_connections_past_their_timeout_are_not_reused():
     ("127.0.0.1", {"X-A": "1\r\nEvil: 1"}, "/m"), ("127.0.0.1", {"X\r\nA": "1"}, "/m"), ("127.0.0.1", {}, "/m x"),
     ("", {}, "/m"), ("[]", {}, "/m"), ("1.2.3.4/x", {}, "/m"),
 ])
+@pytest.mark.usefixtures("event_loop_kind")
 def test_a_host_header_or_path_that_would_split_or_misdirect_the_request_is_refused(host, headers, path):
     with pytest.raises(ValueError, match="invalid request"):
         asyncio.run(HttpClient().get(host, 1, path, headers, timeout=1))
 
 
+@pytest.mark.usefixtures("event_loop_kind")
 def test_a_failed_exchange_closes_its_socket():
     """A connection given up on (here, a timeout mid-answer) is closed at once, not left open
     for the peer or the garbage collector to end: thousands of pods, every interval."""
@@ -323,6 +352,7 @@ def test_a_failed_exchange_closes_its_socket():
     asyncio.run(go())
 
 
+@pytest.mark.usefixtures("event_loop_kind")
 def test_an_ipv6_pod_is_dialled_and_named_in_brackets():
     seen: list[bytes] = []
 
