@@ -385,19 +385,19 @@ def run(
 
 
 def event_loop_factory(choice: Optional[str] = None) -> Optional[Callable[[], asyncio.AbstractEventLoop]]:
-    """PHASEGATE_EVENT_LOOP: `asyncio` (the standard loop) or `uvloop`; unset, uvloop when it is
-    installed, as kopf's own CLI does."""
+    """PHASEGATE_EVENT_LOOP: `asyncio` (the standard loop, the default) or `uvloop`. uvloop
+    measured less CPU and memory at 1,000 strategies but halts no faster, their p99 as far as
+    2.4 and 3.5 times the floor client's against 1.8 and 2.4 on the standard loop (two runs of
+    each): halts come first, so it is a choice, not the default."""
     choice = (choice if choice is not None else os.environ.get("PHASEGATE_EVENT_LOOP", "")).strip().lower()
     if choice not in ("", "asyncio", "uvloop"):
         raise SystemExit(f"PHASEGATE_EVENT_LOOP={choice!r}: set it to asyncio or uvloop, or leave it unset")
-    if choice == "asyncio":
+    if choice in ("", "asyncio"):
         return None
     try:
         import uvloop
     except ImportError:
-        if choice == "uvloop":
-            raise SystemExit("PHASEGATE_EVENT_LOOP=uvloop: uvloop is not installed (pip install uvloop)") from None
-        return None
+        raise SystemExit("PHASEGATE_EVENT_LOOP=uvloop: uvloop is not installed (pip install uvloop)") from None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 

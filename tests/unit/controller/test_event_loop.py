@@ -1,4 +1,4 @@
-"""PHASEGATE_EVENT_LOOP picks the operator's event loop: uvloop when installed, unless told."""
+"""PHASEGATE_EVENT_LOOP picks the operator's event loop: the standard one unless uvloop is asked for."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import builtins
 from typing import Any
 
 import pytest
+import uvloop
 
 from phasegate.controller.main import event_loop_factory
 
 
-def test_uvloop_by_default_and_the_standard_loop_on_request() -> None:
-    uvloop = pytest.importorskip("uvloop")
-    assert event_loop_factory("") is uvloop.new_event_loop
-    assert event_loop_factory("UVLoop ") is uvloop.new_event_loop
+def test_the_standard_loop_by_default_and_uvloop_on_request() -> None:
+    assert event_loop_factory("") is None
     assert event_loop_factory("asyncio") is None
-    loop = event_loop_factory("")()  # type: ignore[misc]
+    assert event_loop_factory("UVLoop ") is uvloop.new_event_loop
+    loop = event_loop_factory("uvloop")()  # type: ignore[misc]
     try:
         assert loop.run_until_complete(asyncio.sleep(0, "ran")) == "ran"
     finally:
@@ -28,7 +28,7 @@ def test_a_wrong_value_names_the_setting_and_the_choices() -> None:
         event_loop_factory("tokio")
 
 
-def test_without_uvloop_the_standard_loop_unless_uvloop_was_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uvloop_asked_for_but_not_installed_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     real = builtins.__import__
 
     def no_uvloop(name: str, *args: Any, **kwargs: Any) -> Any:

@@ -141,7 +141,7 @@ def test_eof_before_the_end_is_a_closed_connection():
 
 # The client on real sockets: a server written on asyncio streams, so that what it does
 # (close an idle connection, stop mid-body, answer until close) is exactly what the test says.
-# Each runs on the standard event loop and on uvloop (the operator's default when installed:
+# Each runs on the standard event loop and on uvloop (PHASEGATE_EVENT_LOOP=uvloop:
 # its transports are not asyncio's classes, and an isinstance check once failed every scrape).
 
 
