@@ -286,6 +286,23 @@ class Fleet:
     def metrics_text(self) -> str:
         return "\n".join(op.metrics_text() for op in self.ops)
 
+    def balanced(self, shards: int) -> bool:
+        """Every shard held, and spread evenly (phasegate_shards_held of each replica). Strategies
+        created while shards still move would be loaded whole by replicas that later hand them
+        over, and a process keeps its memory's high-water mark: the RSS would measure the
+        start-up, not the steady state."""
+        if len(self.ops) == 1:
+            return True
+        held = []
+        for op in self.ops:
+            try:
+                text = op.metrics_text()
+            except Exception:  # not serving its metrics yet
+                return False
+            held.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                            if line.startswith("phasegate_shards_held")))
+        return sum(held) == shards and max(held) - min(held) <= 1
+
     def exited(self) -> list[int]:
         return [op.proc.returncode for op in self.ops if op.proc is not None and op.proc.poll() is not None]
 
@@ -671,6 +688,7 @@ def run(s: Settings) -> dict[str, Any]:
         fleet = f"{s.replicas} operator replicas, {s.shards} shards" if s.replicas > 1 else "the operator"
         log(f"starting {fleet} on {op_ns}; creating {s.n} strategies, {s.parallel} at a time")
         op = Fleet(s, kubeconfig, out_dir, tag, op_ns).start()
+        wait(lambda: op.balanced(s.shards), 120, "the shards spread over the replicas", every=0.5)
         results["leader_elect"] = s.leader_elect
         results["replicas"], results["shards"] = s.replicas, s.shards if s.replicas > 1 else 1
         names = [f"s{i:04d}" for i in range(s.n)]

@@ -19,8 +19,8 @@ kopf sees it:
   whole path.
 - A strategy this replica does not act on (a shard another replica holds, or every strategy
   while this one stands by for the leader) is kept *elided*: its metadata only, spec and
-  status dropped, and the key ELIDED in their place. Shards then split the memory as well as
-  the evaluations. Nothing reads an elided body as a strategy: the loop that starts acting
+  status dropped, and the key ELIDED in their place: a replica does not keep the spec and
+  status of what it does not act on. Nothing reads an elided body as a strategy: the loop that starts acting
   on it reads it fresh first (handlers.readable), and Memo.load refuses one, so an elided
   body can never pass for a strategy without a status (one that would start the ladder
   over). kopf needs only the metadata of such a body (finalizers, deletion), and we
