@@ -15,7 +15,9 @@ What it measures, in one run on the local control plane (started if needed; left
    over BENCH_SCALE_HALTS strategies, against the floor client of benchmarks/halt_latency.py
    in batches alternating with it;
 5. breach-to-halt: the scrape server starts serving a portfolio value past the drawdown
-   limit for one strategy; the time until its replicas are 0, over BENCH_SCALE_BREACHES.
+   limit for one strategy; the time until its replicas are 0, over BENCH_SCALE_BREACHES;
+6. memory census: what each replica's heap holds by object type (controller/census.py,
+   SIGUSR2), and by source line when the operator runs with PHASEGATE_TRACEMALLOC=<frames>.
 
 Prints a summary and writes .state/bench/scale-<N>.json. See docs/operations.md (sizing).
 """
@@ -26,6 +28,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import ssl
 import subprocess
 import sys
@@ -286,6 +289,32 @@ class Fleet:
     def metrics_text(self) -> str:
         return "\n".join(op.metrics_text() for op in self.ops)
 
+    def gauge_each(self, prefix: str) -> list[float]:
+        """Each replica's sum of the series named `prefix` (a gauge), NaN where it has none."""
+        out = []
+        for op in self.ops:
+            lines = [line for line in op.metrics_text().splitlines() if line.startswith(prefix)]
+            out.append(sum(float(line.rsplit(" ", 1)[1]) for line in lines) if lines else float("nan"))
+        return out
+
+    def census(self, timeout: float = 30.0) -> list[Any]:
+        """Each replica's memory census (controller/census.py): SIGUSR2, then its log line."""
+        out: list[Any] = []
+        for op in self.ops:
+            if op.proc is None or op.proc.poll() is not None:
+                out.append(None)
+                continue
+            seen = sum(1 for line in op.log_lines() if line.get("event") == "memory census")
+            os.kill(op.proc.pid, signal.SIGUSR2)
+            deadline, found = time.monotonic() + timeout, None
+            while found is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+                lines = [line for line in op.log_lines() if line.get("event") == "memory census"]
+                found = lines[-1] if len(lines) > seen else None
+            out.append(None if found is None else {k: found[k] for k in ("frozen_objects", "types", "allocations",
+                                                                          "traced_mib") if k in found})
+        return out
+
     def balanced(self, shards: int) -> bool:
         """Every shard held, and spread evenly (phasegate_shards_held of each replica). Strategies
         created while shards still move would be loaded whole by replicas that later hand them
@@ -515,6 +544,9 @@ def steady_state(
     t_end = time.monotonic()
     after = apis.read()
     op_text1 = op.metrics_text()
+    # Frozen objects are kept until the next full collection (controller/collector.py), cyclic
+    # garbage among them: a count that grows with the run, not the fleet, would show it.
+    frozen = op.gauge_each("phasegate_gc_frozen_objects")
     seconds = t_end - t_start
     rates = st.per_strategy_per_interval(
         st.counter_delta(before, after), seconds, baseline, baseline_s, s.n, s.interval, own=OWN_READ
@@ -537,6 +569,7 @@ def steady_state(
         "operator_counters_in_window": operator_counters(op_text0, op_text1),
         "evaluation_lag_scrape_gap_s": st.distribution(lags),
         "pods_not_scraped_in_window": len(missed),
+        "gc_frozen_objects_each_at_end": [int(f) if f == f else None for f in frozen],
     }
     h1 = st.histogram_buckets(op_text1, LAG_HISTOGRAM)
     if h1 is None:
@@ -741,6 +774,7 @@ def run(s: Settings) -> dict[str, Any]:
         targets = {n: ips[n] for n in names[s.halts : s.halts + s.breaches]}
         results["breach"] = asyncio.run(breaches(kubeconfig, op_ns, targets, server, s.interval))
         text = op.metrics_text()
+        results["memory_census_each"] = op.census()
         results["operator_counters_whole_run"] = operator_counters("", text)
         results["operator_histograms_whole_run"] = operator_histograms(text)
         # Without the creation of N strategies: the steady window, the halts and the breaches.
@@ -802,6 +836,9 @@ def report(r: dict[str, Any]) -> None:
     print(f"  operator         RSS {p['rss_mib_mean']} MiB mean ({p['rss_mib_max']} max), CPU {p['cpu_cores_mean']} cores "
           f"over {ss['window_s']}s ({p.get('cpu_kernel_share', 0):.0%} in the kernel)"
           + (f"; each replica {p['rss_mib_each_at_end']} MiB" if p.get("processes", 1) > 1 else ""))
+    if ss.get("gc_frozen_objects_each_at_end"):
+        print(f"                   objects frozen out of the collector's sight at the window's end: "
+              f"{ss['gc_frozen_objects_each_at_end']}")
     print(f"  apiserver        {ss['requests_per_strategy_per_interval_total']} requests per strategy per interval; "
           f"status writes {ss['status_writes_per_strategy_per_interval']}")
     rows = sorted(ss["requests_per_strategy_per_interval"].items(), key=lambda kv: -kv[1])
@@ -835,6 +872,12 @@ def report(r: dict[str, Any]) -> None:
         if stopped:
             print(f"  already at replicas 0, not timed ({what}: paused and halted by the operator's own lag rule): "
                   f"{len(stopped)}")
+    for i, c in enumerate(r.get("memory_census_each") or []):
+        if c:
+            heavy = ", ".join(f"{t['type']} {t['kib'] / 1024:.1f} MiB ({t['objects']})" for t in c["types"][:6])
+            print(f"  memory, replica {i}: {c['frozen_objects']} frozen objects; {heavy}")
+            for a in (c.get("allocations") or [])[:8]:
+                print(f"      {a['kib'] / 1024:7.1f} MiB  {' < '.join(a['at'][:3])}")
     print(f"results: {r['_path']}")
 
 

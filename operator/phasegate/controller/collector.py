@@ -15,23 +15,43 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Optional
+
+from phasegate.api.durations import parse_duration
+
+from . import telemetry
 
 FREEZE_EVERY = 60.0
 FULL_EVERY = 3600.0
 
 
 def step(now: float, last_full: float, full_every: float = FULL_EVERY,
-         collect: Callable[[], object] = gc.collect) -> float:
+         collect: Callable[[], int] = gc.collect) -> float:
     """One round: a full collection of everything when one is due, then freeze what lives.
     Returns when the last full collection ran."""
     if now - last_full >= full_every:
         gc.unfreeze()
-        collect()
+        telemetry.GC_FULL_UNREACHABLE.inc(collect())
         last_full = now
     gc.freeze()
     return last_full
+
+
+def full_every_from_env(env: Optional[Mapping[str, str]] = None) -> float:
+    """PHASEGATE_GC_FULL_EVERY (a duration: `1h`, `10m`): how often the full collection runs."""
+    raw = (os.environ if env is None else env).get("PHASEGATE_GC_FULL_EVERY", "").strip()
+    if not raw:
+        return FULL_EVERY
+    try:
+        seconds = parse_duration(raw).total_seconds()
+    except ValueError as exc:
+        raise SystemExit(f"PHASEGATE_GC_FULL_EVERY={raw!r}: {exc}; set a duration such as 1h or 10m") from None
+    if seconds < FREEZE_EVERY:
+        raise SystemExit(f"PHASEGATE_GC_FULL_EVERY={raw!r}: at least {FREEZE_EVERY:g}s (one freeze period)")
+    return seconds
 
 
 async def keep_collections_short(freeze_every: float = FREEZE_EVERY, full_every: float = FULL_EVERY) -> None:
@@ -41,4 +61,4 @@ async def keep_collections_short(freeze_every: float = FREEZE_EVERY, full_every:
         last_full = step(time.monotonic(), last_full, full_every)
 
 
-__all__ = ["FREEZE_EVERY", "FULL_EVERY", "keep_collections_short", "step"]
+__all__ = ["FREEZE_EVERY", "FULL_EVERY", "full_every_from_env", "keep_collections_short", "step"]

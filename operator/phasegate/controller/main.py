@@ -21,7 +21,7 @@ from phasegate.api.spec import MetricsSourceType
 from phasegate.metrics import make_source
 from phasegate.metrics.httpclient import HttpClient
 
-from . import collector, handlers, leader, lean_bodies, telemetry
+from . import census, collector, handlers, leader, lean_bodies, telemetry
 from .election_thread import ElectionThread
 from .fresh import FreshBodies
 from .kube import Kube, RateLimiter, load_client
@@ -295,7 +295,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # What start-up made (modules, clients, models) lives as long as the process: out of the
     # collector's sight at once; what the strategies make follows (controller/collector.py).
     gc.freeze()
-    _state["collector"] = asyncio.create_task(collector.keep_collections_short(), name="phasegate gc freezer")
+    census.install(asyncio.get_running_loop(), telemetry.log_for("-", "-"))
+    _state["collector"] = asyncio.create_task(
+        collector.keep_collections_short(full_every=collector.full_every_from_env()), name="phasegate gc freezer")
     telemetry.log_for("-", "-").info(
         "operator started", metrics_port=_state.get("metrics_port"),
         identity=election.identity if election else None, leading=elector.leading() if elector else True,
@@ -365,6 +367,7 @@ def run(
     bind_address: str = "0.0.0.0",
 ) -> None:
     telemetry.configure_logging(verbose)
+    census.start_tracing()
     telemetry.watch_gc()
     _state["metrics_port"] = metrics_port
     _state["bind_address"] = bind_address

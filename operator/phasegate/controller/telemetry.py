@@ -85,6 +85,16 @@ GC_PAUSE = Histogram(
     "phasegate_gc_pause_seconds", "Pauses of Python's cyclic garbage collector, by generation.",
     ["generation"], registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+GC_FROZEN = Gauge(
+    "phasegate_gc_frozen_objects",
+    "Objects moved out of the cyclic collector's sight (gc.freeze, controller/collector.py), garbage among them "
+    "until the next full collection.", registry=REGISTRY,
+)
+GC_FULL_UNREACHABLE = Counter(
+    "phasegate_gc_full_collection_unreachable_objects_total",
+    "Unreachable objects the collector's full collections of frozen and young objects found (cyclic garbage).",
+    registry=REGISTRY,
+)
 
 
 def watch_gc() -> None:
@@ -103,6 +113,7 @@ def watch_gc() -> None:
     if not any(getattr(cb, "phasegate", False) for cb in gc.callbacks):  # once per process
         callback.phasegate = True  # type: ignore[attr-defined]
         gc.callbacks.append(callback)
+        GC_FROZEN.set_function(lambda: float(gc.get_freeze_count()))
 
 
 def _series_of(metric: Any, labels: tuple[str, ...], namespace: str, name: str) -> set[tuple[str, ...]]:
