@@ -311,8 +311,8 @@ class Fleet:
                 time.sleep(0.5)
                 lines = [line for line in op.log_lines() if line.get("event") == "memory census"]
                 found = lines[-1] if len(lines) > seen else None
-            out.append(None if found is None else {k: found[k] for k in ("frozen_objects", "types", "allocations",
-                                                                          "traced_mib") if k in found})
+            out.append(None if found is None else {k: found[k] for k in ("frozen_objects", "unreachable_objects", "types",
+                                                                          "allocations", "traced_mib") if k in found})
         return out
 
     def balanced(self, shards: int) -> bool:
@@ -875,7 +875,8 @@ def report(r: dict[str, Any]) -> None:
     for i, c in enumerate(r.get("memory_census_each") or []):
         if c:
             heavy = ", ".join(f"{t['type']} {t['kib'] / 1024:.1f} MiB ({t['objects']})" for t in c["types"][:6])
-            print(f"  memory, replica {i}: {c['frozen_objects']} frozen objects; {heavy}")
+            print(f"  memory, replica {i}: {c['frozen_objects']} frozen objects, {c.get('unreachable_objects')} of "
+                  f"them and the young ones garbage; {heavy}")
             for a in (c.get("allocations") or [])[:8]:
                 print(f"      {a['kib'] / 1024:7.1f} MiB  {' < '.join(a['at'][:3])}")
     print(f"results: {r['_path']}")

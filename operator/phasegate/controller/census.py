@@ -3,7 +3,8 @@
 RSS says how much, not what. The census counts the objects Python tracks by type (the
 frozen ones included: controller/collector.py hides most of the heap from the collector,
 not from this), and, when the process was started with PHASEGATE_TRACEMALLOC=<frames>, the
-source lines that allocated the most memory still held. tracemalloc slows every allocation:
+source lines that allocated the most memory still held; then how many of the counted objects
+were cyclic garbage (a full collection finds them). tracemalloc slows every allocation:
 it is for a diagnosis, not for production. The census is one JSON log line, so it can be
 read where the logs go.
 """
@@ -68,11 +69,19 @@ def allocations(top: int = TOP) -> list[dict[str, Any]]:
 
 
 def census(top: int = TOP) -> dict[str, Any]:
+    """The heap by type (and by line when tracing), then a full collection: how much of what
+    the census counted was cyclic garbage waiting for one. That collection is a pause like the
+    hourly one, asked for by a person."""
     out: dict[str, Any] = {"frozen_objects": gc.get_freeze_count(), "types": types(top)}
     if tracemalloc.is_tracing():
         current, peak = tracemalloc.get_traced_memory()
         out.update(traced_mib=round(current / 2**20, 1), traced_peak_mib=round(peak / 2**20, 1),
                    allocations=allocations(top))
+    gc.unfreeze()
+    try:
+        out["unreachable_objects"] = gc.collect()
+    finally:
+        gc.freeze()
     return out
 
 

@@ -94,3 +94,21 @@ def test_sigusr2_logs_a_census() -> None:
     asyncio.run(main())
     assert logged and logged[0][0] == "memory census"
     assert logged[0][1]["types"] and "frozen_objects" in logged[0][1]
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_census_counts_cyclic_garbage_the_freeze_hid() -> None:
+    gc.collect()
+    cycles = [Cycle() for _ in range(300)]
+    gc.freeze()
+    try:
+        del cycles  # garbage now, out of the collector's sight
+        out = census.census()
+        assert out["unreachable_objects"] >= 300
+        assert gc.get_freeze_count() > 0, "the census left the heap unfrozen"
+    finally:
+        gc.unfreeze()
