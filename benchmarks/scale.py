@@ -263,6 +263,12 @@ class ProcSampler:
         }
 
 
+def gauge_sum(text: str, prefix: str) -> float | None:
+    """The sum of the series named `prefix` in an exposition, None when it has none."""
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines) if lines else None
+
+
 class Fleet:
     """The operator: one process, or BENCH_SCALE_REPLICAS sharded ones read as one (their
     metrics summed, their CPU and memory added up)."""
@@ -289,13 +295,9 @@ class Fleet:
     def metrics_text(self) -> str:
         return "\n".join(op.metrics_text() for op in self.ops)
 
-    def gauge_each(self, prefix: str) -> list[float]:
-        """Each replica's sum of the series named `prefix` (a gauge), NaN where it has none."""
-        out = []
-        for op in self.ops:
-            lines = [line for line in op.metrics_text().splitlines() if line.startswith(prefix)]
-            out.append(sum(float(line.rsplit(" ", 1)[1]) for line in lines) if lines else float("nan"))
-        return out
+    def gauge_each(self, prefix: str) -> list[float | None]:
+        """Each replica's sum of the series named `prefix` (a gauge), None where it has none."""
+        return [gauge_sum(op.metrics_text(), prefix) for op in self.ops]
 
     def census(self, timeout: float = 30.0) -> list[Any]:
         """Each replica's memory census (controller/census.py): SIGUSR2, then its log line."""
@@ -328,8 +330,7 @@ class Fleet:
                 text = op.metrics_text()
             except Exception:  # not serving its metrics yet
                 return False
-            held.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                            if line.startswith("phasegate_shards_held")))
+            held.append(gauge_sum(text, "phasegate_shards_held") or 0.0)
         return sum(held) == shards and max(held) - min(held) <= 1
 
     def exited(self) -> list[int]:
@@ -569,7 +570,7 @@ def steady_state(
         "operator_counters_in_window": operator_counters(op_text0, op_text1),
         "evaluation_lag_scrape_gap_s": st.distribution(lags),
         "pods_not_scraped_in_window": len(missed),
-        "gc_frozen_objects_each_at_end": [int(f) if f == f else None for f in frozen],
+        "gc_frozen_objects_each_at_end": [None if f is None else int(f) for f in frozen],
     }
     h1 = st.histogram_buckets(op_text1, LAG_HISTOGRAM)
     if h1 is None:
