@@ -590,6 +590,7 @@ HEALTH_COUNTERS = (
     "phasegate_status_conflicts_total", "phasegate_reconcile_errors_total",
     "phasegate_status_writes_total", "phasegate_own_write_echoes_total",
     "phasegate_fresh_body_reads_total", "phasegate_elided_bodies_total",
+    "phasegate_sentinel_halts_total", "phasegate_sentinel_watch_restarts_total",
 )
 
 

@@ -35,7 +35,7 @@ from .fresh import FreshBodies
 from .kube import PRIORITY, Conflict, Urgency
 from .leader import NotLeading
 from .lean_bodies import ELIDED, STATUS_ELIDED, elided
-from .reconcile import STATUS_KEYS, Memo, Reconciler
+from .reconcile import STATUS_KEYS, Memo, Reconciler, newer
 from .shards import CURRENT_SHARD
 
 STRATEGY = dict(group=contract.GROUP, version=contract.VERSION, plural=contract.PLURAL)
@@ -81,6 +81,14 @@ def unsharded(namespace: str, name: str) -> Optional[int]:
 
 SHARD_OF: Callable[[str, str], Optional[int]] = unsharded
 FRESH: Optional[FreshBodies] = None  # set with RECONCILER (controller/main.py)
+
+
+def never_stopped(namespace: str, name: str) -> Optional[str]:
+    return None
+
+
+# The resourceVersion of a strategy the halt sentinel stopped the pod of (controller/sentinel.py).
+SENTINEL_STOPPED: Callable[[str, str], Optional[str]] = never_stopped
 
 
 def standing_by(namespace: str, name: str) -> bool:
@@ -172,18 +180,19 @@ def phasegate_networkpolicies(namespace: str, name: str, **_: Any) -> dict[tuple
     return {(namespace, name): True}
 
 
-def newer(rv: Any, than: Any) -> bool:
-    """Whether resourceVersion `rv` may be newer than `than` (any that is not an integer may be)."""
-    try:
-        return int(rv) > int(than)
-    except (TypeError, ValueError):
-        return True
-
-
 async def readable(me: Loop, body: dict[str, Any], namespace: str, name: str, *, at_once: bool) -> Optional[dict[str, Any]]:
     """The body to reconcile: kopf's, unless kopf keeps it elided (it came while this replica
     stood by for the strategy); then one read fresh, kept until kopf has a newer body. None
-    when the strategy is gone. `at_once`: an urgent pass, which waits for no batch."""
+    when the strategy is gone. `at_once`: an urgent pass, which waits for no batch.
+
+    A body older than the one the halt sentinel acted on is not decided from: the strategy is
+    read fresh (the sentinel stopped its pod on a condition this body does not have yet)."""
+    stopped_at = SENTINEL_STOPPED(namespace, name)
+    if stopped_at is not None and newer(stopped_at, body["metadata"].get("resourceVersion")):
+        if me.fetched is None or newer(stopped_at, me.fetched["metadata"].get("resourceVersion")):
+            assert FRESH is not None, "phasegate.controller.main sets FRESH with the reconciler"
+            me.fetched = await FRESH.now(namespace, name)
+        return dict(me.fetched) if me.fetched is not None else None
     if not elided(body) and (STATUS_ELIDED not in body or me.memo.vouches_for(body)):
         me.fetched = None
         return body

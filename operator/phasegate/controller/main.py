@@ -26,6 +26,7 @@ from .election_thread import ElectionThread
 from .fresh import FreshBodies
 from .kube import Kube, RateLimiter, load_client
 from .reconcile import Reconciler
+from .sentinel import Sentinel
 from .shards import LeaseDirectory, ShardElection, conflicting, shard_of
 
 _state: dict[str, Any] = {}
@@ -238,6 +239,25 @@ async def _release_then_stop(stop: asyncio.Event) -> None:
         stop.set()
 
 
+def halt_sentinel_enabled(raw: Optional[str] = None) -> bool:
+    """PHASEGATE_HALT_SENTINEL: `true` (the default) or `false` (halts then wait for the strategy's pass)."""
+    raw = (raw if raw is not None else os.environ.get("PHASEGATE_HALT_SENTINEL", "")).strip().lower()
+    if raw in ("", "true", "1", "yes", "on"):
+        return True
+    if raw in ("false", "0", "no", "off"):
+        return False
+    raise SystemExit(f"PHASEGATE_HALT_SENTINEL={raw!r}: set it to true or false, or leave it unset (true)")
+
+
+async def _sentinel_client() -> Any:
+    api = await load_client()
+    _no_env_lookups(api)
+    election: Optional[leader.ElectionSettings] = _state.get("election")
+    identity = election.identity if election is not None else leader.default_identity()
+    api.user_agent = f"phasegate-sentinel@{identity}/{phasegate.__version__}"
+    return api
+
+
 def _limiter() -> RateLimiter:
     return RateLimiter(qps=float(os.environ.get("PHASEGATE_KUBE_QPS") or 100.0),
                        burst=int(os.environ.get("PHASEGATE_KUBE_BURST") or 200))
@@ -289,6 +309,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     identity = election.identity if election is not None else leader.default_identity()
     handlers.RECONCILER = Reconciler(kube, source_for, identity=identity)
     handlers.FRESH = FreshBodies(kube)
+    if halt_sentinel_enabled():
+        sentinel = Sentinel(_sentinel_client, _close_client, namespace=_state.get("namespace"),
+                            leading=lambda namespace, name: handlers.LEADING(namespace, name))
+        sentinel.start()
+        _state["sentinel"] = sentinel
+        handlers.SENTINEL_STOPPED = handlers.RECONCILER.sentinel_stopped = sentinel.stopped.get
     _state["api"] = api
     if _state.get("metrics_port"):
         _state["runner"] = await _metrics_app(_state["metrics_port"], _state.get("bind_address") or "0.0.0.0")
@@ -342,6 +368,9 @@ async def cleanup(**_: Any) -> None:
     freezer = _state.pop("collector", None)
     if freezer is not None:
         freezer.cancel()
+    sentinel = _state.pop("sentinel", None)
+    if sentinel is not None:
+        await sentinel.stop()
     thread = _state.pop("election_thread", None)
     _state.pop("elector", None)
     if thread is not None:
@@ -370,6 +399,8 @@ def run(
     census.start_tracing()
     telemetry.watch_gc()
     _state["metrics_port"] = metrics_port
+    _state["namespace"] = namespace
+    halt_sentinel_enabled()  # a bad setting stops the operator before kopf starts
     _state["bind_address"] = bind_address
     options = leader_election or LeaderOptions.from_env()
     _state["election"] = options.settings(namespace) if options.enabled else None

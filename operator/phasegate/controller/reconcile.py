@@ -230,6 +230,8 @@ class Reconciler:
         self.clock = clock
         # Sent to supervised strategy pods with each scrape (spec.supervision): who supervises.
         self.identity = identity
+        # The resourceVersion the halt sentinel stopped a strategy's pod at (controller/sentinel.py).
+        self.sentinel_stopped: Callable[[str, str], Optional[str]] = lambda namespace, name: None
 
     async def reconcile(
         self,
@@ -304,6 +306,7 @@ class Reconciler:
         actuating = asyncio.ensure_future(self._actuate(
             owner, spec, new, decision, obs, network_policy=network_policy,
             spec_changed=status.observed_generation != meta.get("generation"), scaled_down=stopping is not None,
+            decided_at=meta.get("resourceVersion"),
         ))
         try:
             await self._post_events(owner, memo, now)
@@ -386,11 +389,19 @@ class Reconciler:
 
     async def _actuate(
         self, owner: Owner, spec: StrategySpec, status: StrategyStatus, decision: Decision, obs: Observation,
-        *, network_policy: bool, spec_changed: bool, scaled_down: bool = False,
+        *, network_policy: bool, spec_changed: bool, scaled_down: bool = False, decided_at: Optional[str] = None,
     ) -> None:
         """Make the children what the decision says, whenever they are not (level-triggered)."""
         desired = decision.desired
         if desired is None:
+            return
+        stopped_at = self.sentinel_stopped(owner.namespace, owner.name)
+        if desired.replicas != 0 and stopped_at is not None and newer(stopped_at, decided_at):
+            # The halt sentinel stopped the pod on a condition this pass's body predates: the
+            # next pass decides from the newer object; this one starts nothing.
+            telemetry.log_for(owner.namespace, owner.name).info(
+                "children left as they are: the halt sentinel stopped the pod after this pass's read",
+                stopped_at=stopped_at, decided_at=decided_at)
             return
         work = []
         seen = obs.children
@@ -459,10 +470,18 @@ class Reconciler:
         )
 
 
+def newer(rv: Any, than: Any) -> bool:
+    """Whether resourceVersion `rv` may be newer than `than` (any that is not an integer may be)."""
+    try:
+        return int(rv) > int(than)
+    except (TypeError, ValueError):
+        return True
+
+
 def _event_reason(entry: HistoryEntry) -> str:
     """HaltRiskLimitBreached, PauseMetricsError, SpecInvalid, PodRefused..."""
     cause = entry.cause.value if entry.cause is not None and entry.cause is not Cause.SPEC else ""
     return entry.action.value.title().replace("-", "") + cause
 
 
-__all__ = ["Conflict", "ElidedBody", "Memo", "Reconciler", "merge_patch", "ours", "parse_status"]
+__all__ = ["Conflict", "ElidedBody", "Memo", "Reconciler", "merge_patch", "newer", "ours", "parse_status"]

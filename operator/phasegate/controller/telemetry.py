@@ -179,6 +179,17 @@ FRESH_BODY_READS = Counter(
     "by how (one LIST for many at a takeover, else a GET).",
     ["read"], registry=REGISTRY,
 )
+SENTINEL_HALTS = Counter(
+    "phasegate_sentinel_halts_total",
+    "StatefulSets the halt sentinel scaled to 0 on a breaker condition, before the strategy's pass "
+    "(result: scaled, absent when there was none, error).",
+    ["result"], registry=REGISTRY,
+)
+SENTINEL_WATCH_RESTARTS = Counter(
+    "phasegate_sentinel_watch_restarts_total",
+    "Times the halt sentinel's watch of the strategies failed and was started again.",
+    registry=REGISTRY,
+)
 STATUS_WRITES = Counter(
     "phasegate_status_writes_total",
     "Status writes of the strategies (volatile fields are written at most every 120 s; decisions at once).",

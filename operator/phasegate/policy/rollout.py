@@ -56,6 +56,7 @@ from . import holds as H
 from .conditions import ConditionSet
 from .desired import Desired, desired_for, mismatch
 from .emergency import begin_emergency, begin_emergency_on_breach, flatten_wanted, progress
+from .external import external_halts
 from .gates import evaluate_backtest_gates, evaluate_metric_gates, start_phase_window
 from .requests import refusal
 from .risk import KIND_CIRCUIT, KIND_RISK, Breach, configured_limits, evaluate_risk, failed_read
@@ -553,17 +554,10 @@ def _reduce(d: Draft, reason: str, cause: Cause) -> bool:
 
 def _latch_external_conditions(d: Draft) -> None:
     """A breaker condition set by someone else (a person, an alert) is a halt like any other,
-    latched as a hold even while halted, so that a reset of an older halt cannot erase it."""
-    for ctype, cause in (
-        (ConditionType.CIRCUIT_BREAKER_TRIPPED, Cause.CIRCUIT_BREAKER_TRIPPED),
-        (ConditionType.RISK_LIMIT_BREACHED, Cause.RISK_LIMIT_BREACHED),
-    ):
-        cond = next((c for c in d.conditions if c.type == ctype.value), None)
-        if cond is None or cond.status != "True":
-            continue
-        if any(h.cause is cause and h.kind in (HoldKind.HALT, HoldKind.EMERGENCY, HoldKind.RISK_PAUSE) for h in d.holds):
-            continue
-        source = f"external{ctype.value}"
+    latched as a hold even while halted, so that a reset of an older halt cannot erase it
+    (policy/external.py: the halt sentinel reads the same rule from the raw object)."""
+    for cond, cause in external_halts(d.conditions, d.holds):
+        source = f"external{cond.type}"
         d.hold(HoldKind.HALT, Transition.HALT, f"{source}: {cond.reason}: {cond.message}".rstrip(": "),
                source=source, cause=cause)
 

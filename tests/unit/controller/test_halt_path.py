@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
+from phasegate.api import StrategySpec, StrategyStatus
 from phasegate.api.observations import ChildrenObservation
 from phasegate.api.status import Transition
-from phasegate.controller.reconcile import Reconciler
+from phasegate.controller.reconcile import Owner, Reconciler
 from phasegate.policy.desired import Desired
+
+import plans
 
 
 class Kube:
@@ -56,3 +59,28 @@ def test_a_halt_from_a_written_cause_scales_down_with_the_write(action: Transiti
 ])
 def test_anything_else_is_written_first(d: Any, obs: Any, read_metrics: bool) -> None:
     assert asyncio.run(early(d, obs, read_metrics)) == []
+
+
+class Applying(Kube):
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied: list[str] = []
+
+    async def apply(self, body: dict[str, Any]) -> None:
+        self.applied.append(body["kind"])
+
+
+@pytest.mark.parametrize("stopped_at, started", [(None, True), ("41", True), ("42", True), ("43", False)])
+def test_a_pass_that_read_before_the_sentinel_stopped_the_pod_starts_nothing(stopped_at: Any, started: bool) -> None:
+    """The sentinel stopped the pod on a condition written after this pass's read (at 42): the
+    pass would start it again from its older body; the next pass decides from the newer one."""
+    kube = Applying()
+    r = Reconciler.__new__(Reconciler)
+    r.kube = kube  # type: ignore[assignment]
+    r.sentinel_stopped = lambda ns, name: stopped_at
+    spec = StrategySpec.model_validate(plans.strategy("s")["spec"])
+    status = StrategyStatus(phase=spec.phases[0].name)
+    stopped = SimpleNamespace(children=ChildrenObservation(statefulset=True, replicas=0, desired_key="k", pod=False))
+    asyncio.run(r._actuate(Owner(name="s", namespace="ns", uid="u"), spec, status, decision(Transition.ADVANCE, replicas=1),
+                           stopped, network_policy=False, spec_changed=False, decided_at="42"))  # type: ignore[arg-type]
+    assert bool(kube.applied) is started and kube.scaled == []

@@ -29,6 +29,7 @@ from phasegate.api.requests import BadRequest, Request, Verb
 from phasegate.api.spec import Mode
 from phasegate.api.status import STOPPING_HOLDS, Condition, HoldKind, RequestOutcome, Transition
 from phasegate.controller.reconcile import spec_to_guard_with
+from phasegate.policy.external import external_halts, external_halts_wire
 from phasegate.policy.desired import desired_key, needs_apply, pod_runs
 from phasegate.policy.holds import derive_state, newest_stopping
 from phasegate.policy.rollout import Decision, decide
@@ -36,7 +37,7 @@ from phasegate.policy.timing import startup_grace
 
 D = Decimal
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
-STATS: dict[str, int] = {"loss-checks": 0, "steps": 0, "halts": 0, "resets": 0, "live": 0, "advances": 0}
+STATS: dict[str, int] = {"sentinel": 0, "loss-checks": 0, "steps": 0, "halts": 0, "resets": 0, "live": 0, "advances": 0}
 
 BASE_SPEC: dict[str, Any] = {
     "capital": "1000000",
@@ -169,6 +170,7 @@ class GuardMachine(RuleBasedStateMachine):
         self.spec = guard
         d = decide(self.spec, old, obs, self.now, self.generation, spec_error=self.spec_error)
         check_step(self, old, d, obs)
+        check_sentinel(old, d)
         again = decide(self.spec, d.status, obs, self.now, self.generation, spec_error=self.spec_error)
         assert not again.history, f"deciding twice added {[(e.action, e.reason) for e in again.history]} (rule 5)"
         assert again.status.wire() == d.status.wire(), "deciding twice changed the status (rule 5)"
@@ -338,6 +340,18 @@ def _accepted(d: Decision, old: StrategyStatus, obs: Observation, verb: Verb) ->
     return (req is not None and req.verb is verb and req.id not in old.answered
             and d.status.last_request is not None and d.status.last_request.id == req.id
             and d.status.last_request.outcome is RequestOutcome.ACCEPTED)
+
+
+def check_sentinel(old: StrategyStatus, d: Decision) -> None:
+    """The halt sentinel stops the pod from the raw object, before any pass: only where the
+    pass then decides a halt (else the pass would start it again), and it reads the rule the
+    way decide() does."""
+    fast = external_halts_wire(old.wire())
+    assert fast == [c.type for c, _ in external_halts(old.conditions, old.holds)], "the sentinel reads another rule"
+    if fast:
+        STATS["sentinel"] += 1
+        assert any(h.kind in STOPPING_HOLDS for h in d.status.holds), f"the sentinel stopped {fast}, the pass did not halt"
+        assert d.desired is None or d.desired.replicas == 0, "the sentinel stopped a pod the pass runs"
 
 
 def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observation) -> None:
