@@ -58,11 +58,11 @@ def test_the_sentinel_stops_the_pod_of_a_strategy_it_leads_on_a_breaker_conditio
         wait_for(lambda: ts.replicas("led") == 0, 10, "the sentinel to scale led to 0")
         took = time.monotonic() - t0
         rv = ts.get("led")["metadata"]["resourceVersion"]
-        assert sentinel.stopped.get((namespace, "led")) == rv, "it records the version it acted on"
+        assert sentinel.stopped_at(namespace, "led") == rv, "it records the version it acted on"
         time.sleep(2.0)
         assert ts.replicas("other") == 1, "another replica's strategy is left alone"
         assert ts.replicas("paused") == 1, "a condition a hold answers is not a halt"
-        assert (namespace, "other") not in sentinel.stopped and (namespace, "paused") not in sentinel.stopped
+        assert sentinel.stopped_at(namespace, "other") is None and sentinel.stopped_at(namespace, "paused") is None
         print(f"condition write to replicas 0 through the sentinel: {took * 1000:.0f} ms")
     finally:
         asyncio.run(sentinel.stop())

@@ -477,6 +477,11 @@ def run(
         int, typer.Option("--max-concurrent-evaluations", envvar="PHASEGATE_MAX_CONCURRENT_EVALUATIONS", min=1,
                           help="Interval evaluations (metrics reads) in flight at once; the rest queue, urgent passes do not.")
     ] = 256,
+    halt_sentinel: Annotated[
+        bool, typer.Option("--halt-sentinel/--no-halt-sentinel", envvar="PHASEGATE_HALT_SENTINEL",
+                           help="A breaker condition someone writes stops the pod from a thread of its own, "
+                                "before the strategy's pass (which then writes the halt).")
+    ] = True,
 ) -> None:
     """Run the operator against the current kubeconfig (KUBECONFIG / --kubeconfig, current context)."""
     g = ctx.find_root().obj or {}
@@ -517,6 +522,7 @@ def run(
         "PHASEGATE_KUBE_BURST": str(kube_burst),
         "PHASEGATE_MAX_CONCURRENT_EVALUATIONS": str(max_concurrent_evaluations),
         "PHASEGATE_SHARDS": str(shards),
+        "PHASEGATE_HALT_SENTINEL": "true" if halt_sentinel else "false",
     })
     if lease_namespace:
         os.environ["PHASEGATE_LEASE_NAMESPACE"] = lease_namespace

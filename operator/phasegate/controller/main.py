@@ -314,7 +314,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                             leading=lambda namespace, name: handlers.LEADING(namespace, name))
         sentinel.start()
         _state["sentinel"] = sentinel
-        handlers.SENTINEL_STOPPED = handlers.RECONCILER.sentinel_stopped = sentinel.stopped.get
+        handlers.SENTINEL_STOPPED = handlers.RECONCILER.sentinel_stopped = sentinel.stopped_at
     _state["api"] = api
     if _state.get("metrics_port"):
         _state["runner"] = await _metrics_app(_state["metrics_port"], _state.get("bind_address") or "0.0.0.0")

@@ -92,6 +92,10 @@ class Sentinel:
         self.thread = threading.Thread(target=self._main, name="phasegate-halt-sentinel", daemon=True)
         self.log = telemetry.log_for("-", "-")
 
+    def stopped_at(self, namespace: str, name: str) -> Optional[str]:
+        """The resourceVersion this sentinel stopped the strategy's pod at, if it did."""
+        return self.stopped.get((namespace, name))
+
     # -- the thread
 
     def start(self) -> None:
