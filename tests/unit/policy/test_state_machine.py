@@ -29,8 +29,8 @@ from phasegate.api.requests import BadRequest, Request, Verb
 from phasegate.api.spec import Mode
 from phasegate.api.status import STOPPING_HOLDS, Condition, HoldKind, RequestOutcome, Transition
 from phasegate.controller.reconcile import spec_to_guard_with
-from phasegate.policy.external import external_halts, external_halts_wire
 from phasegate.policy.desired import desired_key, needs_apply, pod_runs
+from phasegate.policy.external import external_halts, external_halts_wire
 from phasegate.policy.holds import derive_state, newest_stopping
 from phasegate.policy.rollout import Decision, decide
 from phasegate.policy.timing import startup_grace
