@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Optional
@@ -98,7 +99,13 @@ class Sentinel:
 
     # -- the thread
 
-    def start(self) -> None:
+    def start(self, switch_interval: float = 0.001) -> None:
+        # The interpreter hands the GIL to a waiting thread only after `switch_interval`
+        # (5 ms by default): a halt takes several hand-offs (the event, the write, its
+        # answer), each of which could wait that long behind the operator's loop. The
+        # interval matters only when another thread asks for the GIL, so the loop pays nothing
+        # while the sentinel and the election thread sleep.
+        sys.setswitchinterval(min(sys.getswitchinterval(), switch_interval))
         self.thread.start()
         self._ready.wait(10.0)
 
