@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,19 +49,25 @@ async def floor_client(kubeconfig: Path, namespace: str, stop: asyncio.Event) ->
     try:
         while not stop.is_set():
             w = watch.Watch()
-            async with w.stream(custom.list_namespaced_custom_object, G, V, namespace, P, timeout_seconds=60) as stream:
-                async for ev in stream:
-                    obj = ev["object"]
-                    name = obj["metadata"]["name"]
-                    conds = (obj.get("status") or {}).get("conditions") or []
-                    tripped = any(c.get("type") == "CircuitBreakerTripped" and c.get("status") == "True" for c in conds)
-                    if tripped and name not in done:
-                        done.add(name)
-                        await apps.patch_namespaced_stateful_set(
-                            name, namespace, {"spec": {"replicas": 0}}, _content_type="application/merge-patch+json"
-                        )
-                    if stop.is_set():
-                        break
+            try:
+                async with w.stream(custom.list_namespaced_custom_object, G, V, namespace, P, timeout_seconds=60) as stream:
+                    async for ev in stream:
+                        obj = ev["object"]
+                        name = obj["metadata"]["name"]
+                        conds = (obj.get("status") or {}).get("conditions") or []
+                        tripped = any(c.get("type") == "CircuitBreakerTripped" and c.get("status") == "True" for c in conds)
+                        if tripped and name not in done:
+                            done.add(name)
+                            await apps.patch_namespaced_stateful_set(
+                                name, namespace, {"spec": {"replicas": 0}}, _content_type="application/merge-patch+json"
+                            )
+                        if stop.is_set():
+                            break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a watch a busy apiserver broke off (or a 410): list and watch again
+                print(f"floor client: the watch failed ({str(exc)[:200]}), watching again", file=sys.stderr, flush=True)
+                await asyncio.sleep(0.5)
     finally:
         await api.close()
 

@@ -495,6 +495,8 @@ async def halts(
     stopped: dict[str, list[str]] = {"operator": [], "floor": []}
     # Small alternating batches, so that machine noise falls on both paths alike.
     for i in range(0, len(op_names), 5):
+        if floor.done():  # it has no halt to time without its watch: say why instead of timing out each one
+            raise RuntimeError(f"the floor client stopped: {floor.exception()!r}")
         lat, miss = await timed_halts(kubeconfig, op_ns, op_names[i : i + 5], timeout, stopped["operator"])
         op_lat += lat
         missed["operator"] += miss
