@@ -38,7 +38,7 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hack" / "cluster"))
@@ -358,7 +358,9 @@ def wait(pred: Any, timeout: float, what: str, every: float = 2.0) -> None:
             if exc.status is None or (exc.status < 500 and exc.status != 429):
                 raise
             log(f"  (the apiserver answered a poll with {exc.status} {exc.reason}: polling again)")
-        except urllib3.exceptions.HTTPError as exc:  # an answer cut off mid-read (a busy apiserver's timeout)
+        # An answer cut off mid-read (a busy apiserver's timeout). Paging the lists instead made
+        # it worse at 3000: a paged LIST is read from etcd, an unpaged one from the watch cache.
+        except urllib3.exceptions.HTTPError as exc:
             log(f"  (a poll's answer broke off: {str(exc)[:120]}; polling again)")
         time.sleep(every)
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
@@ -383,30 +385,13 @@ def create_all(api: client.ApiClient, ns: str, bodies: list[dict[str, Any]], par
         list(pool.map(create, bodies))
 
 
-def listed(call: Any, *args: Any, page: int = 500, **kwargs: Any) -> list[Any]:
-    """Every item of a list call, a page at a time: one answer for thousands of strategies
-    runs to tens of megabytes, which a busy apiserver cuts off before it is read."""
-    items: list[Any] = []
-    token: Optional[str] = None
-    while True:
-        answer = call(*args, limit=page, _continue=token, **kwargs) if token else call(*args, limit=page, **kwargs)
-        if isinstance(answer, dict):
-            items += answer.get("items") or []
-            token = (answer.get("metadata") or {}).get("continue")
-        else:
-            items += answer.items or []
-            token = answer.metadata._continue
-        if not token:
-            return items
-
-
 def reconciled(api: client.ApiClient, ns: str, n: int) -> tuple[int, int]:
     """(strategies whose StatefulSet has the rung's replicas, of those also showing the phase)."""
     apps, custom = client.AppsV1Api(api), client.CustomObjectsApi(api)
-    sts = {s.metadata.name for s in listed(apps.list_namespaced_stateful_set, ns) if s.spec.replicas == 1}
+    sts = {s.metadata.name for s in apps.list_namespaced_stateful_set(ns).items if s.spec.replicas == 1}
     phase = {
         o["metadata"]["name"]
-        for o in listed(custom.list_namespaced_custom_object, G, V, ns, P)
+        for o in custom.list_namespaced_custom_object(G, V, ns, P)["items"]
         if (o.get("status") or {}).get("phase") == RUNG["name"]
     }
     return len(sts), len(sts & phase)
@@ -415,7 +400,7 @@ def reconciled(api: client.ApiClient, ns: str, n: int) -> tuple[int, int]:
 def pod_ips(api: client.ApiClient, ns: str) -> dict[str, str]:
     """strategy name -> IP of its Running pod."""
     out = {}
-    for pod in listed(client.CoreV1Api(api).list_namespaced_pod, ns, label_selector=contract.LABEL_STRATEGY):
+    for pod in client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=contract.LABEL_STRATEGY).items:
         if pod.status.phase == "Running" and pod.status.pod_ip and pod.metadata.deletion_timestamp is None:
             out[pod.metadata.labels[contract.LABEL_STRATEGY]] = pod.status.pod_ip
     return out
@@ -429,7 +414,7 @@ def kwok_pod_room(api: client.ApiClient) -> int:
 
     # a quantity: the apiserver writes 2000 back as "2k"
     total = sum(int(parse_quantity(core.read_node(n).status.allocatable.get("pods", "0"))) for n in nodes)
-    used = sum(1 for p in listed(core.list_pod_for_all_namespaces, field_selector="status.phase!=Succeeded,status.phase!=Failed")
+    used = sum(1 for p in core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items
                if p.spec.node_name in nodes)
     return total - used
 
@@ -665,7 +650,7 @@ def delete_namespace(api: client.ApiClient, ns: str, parallel: int) -> None:
         if exc.status == 404:
             return
         raise
-    names = [o["metadata"]["name"] for o in listed(custom.list_namespaced_custom_object, G, V, ns, P)
+    names = [o["metadata"]["name"] for o in custom.list_namespaced_custom_object(G, V, ns, P)["items"]
              if o["metadata"].get("finalizers")]
 
     def drop(name: str) -> None:
