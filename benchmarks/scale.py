@@ -213,21 +213,32 @@ OWN_READ = {OWN_READ_KEY: 1.0}
 
 
 class ProcSampler:
-    """RSS (every second) and CPU time of the operator's processes summed, from /proc/<pid>/stat."""
+    """RSS (every second) and CPU time of the operator's processes summed, from /proc/<pid>/stat.
 
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
+    `groups`: each replica's processes, the operator first (its halt sentinel's process with
+    it): a replica's memory is the group's."""
+
+    def __init__(self, groups: list[list[int]]) -> None:
+        self.groups = groups
+        self.pids = [pid for group in groups for pid in group]
         self.rss: list[int] = []
         self.stop = threading.Event()
         self.page = os.sysconf("SC_PAGE_SIZE")
         self.clk = os.sysconf("SC_CLK_TCK")
 
+    @staticmethod
+    def _stat(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:  # a sentinel process started again: the old one's figures end
+            return "0 (gone) X" + " 0" * 49
+
     def stat(self) -> tuple[float, int]:
-        stats = [st.proc_stat(Path(f"/proc/{pid}/stat").read_text()) for pid in self.pids]
+        stats = [st.proc_stat(self._stat(pid)) for pid in self.pids]
         return sum(t for t, _ in stats), sum(r for _, r in stats)
 
     def kernel_ticks(self) -> int:
-        return sum(st.proc_kernel_ticks(Path(f"/proc/{pid}/stat").read_text()) for pid in self.pids)
+        return sum(st.proc_kernel_ticks(self._stat(pid)) for pid in self.pids)
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
@@ -249,7 +260,8 @@ class ProcSampler:
         self.kernel1 = self.kernel_ticks()
         self.rss.append(rss * self.page)
         # Each replica's own at the end: a sharded fleet's total hides whether shards split it.
-        self.rss_each = [st.proc_stat(Path(f"/proc/{pid}/stat").read_text())[1] * self.page for pid in self.pids]
+        self.rss_each = [sum(st.proc_stat(self._stat(pid))[1] for pid in group) * self.page for group in self.groups]
+        self.rss_helpers = sum(st.proc_stat(self._stat(pid))[1] for group in self.groups for pid in group[1:]) * self.page
 
     def result(self) -> dict[str, Any]:
         return {
@@ -259,8 +271,10 @@ class ProcSampler:
             # System calls (sockets, epoll) and the wake-ups they cost, within cpu_cores_mean.
             "cpu_kernel_share": round((self.kernel1 - self.kernel0) / max(1.0, self.ticks1 - self.ticks0), 3),
             "samples": len(self.rss),
-            "processes": len(self.pids),
+            "processes": len(self.groups),
             "rss_mib_each_at_end": [round(r / 2**20, 1) for r in self.rss_each],
+            # Within the above: the replicas' own child processes (the halt sentinel's).
+            "rss_mib_child_processes_at_end": round(self.rss_helpers / 2**20, 1),
         }
 
 
@@ -268,6 +282,13 @@ def gauge_sum(text: str, prefix: str) -> float | None:
     """The sum of the series named `prefix` in an exposition, None when it has none."""
     lines = [line for line in text.splitlines() if line.startswith(prefix)]
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines) if lines else None
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 class Fleet:
@@ -292,6 +313,10 @@ class Fleet:
     @property
     def pids(self) -> list[int]:
         return [op.proc.pid for op in self.ops if op.proc is not None]
+
+    def process_groups(self) -> list[list[int]]:
+        """Each replica's process and its children (the halt sentinel's), as they are now."""
+        return [[pid, *children_of(pid)] for pid in self.pids]
 
     def metrics_text(self) -> str:
         return "\n".join(op.metrics_text() for op in self.ops)
@@ -545,7 +570,7 @@ def steady_state(
     before = apis.read()
     t_start = time.monotonic()
     profiler = start_profile(s, op.pids[0], window)
-    with ProcSampler(op.pids) as proc:
+    with ProcSampler(op.process_groups()) as proc:
         time.sleep(window)
     if profiler is not None:
         profiler.wait(timeout=window + 60)
@@ -845,7 +870,9 @@ def report(r: dict[str, Any]) -> None:
     print(f"  reconcile        all {r['n']} in {rec['all_reconciled_s']}s (creates took {rec['created_s']}s)")
     print(f"  operator         RSS {p['rss_mib_mean']} MiB mean ({p['rss_mib_max']} max), CPU {p['cpu_cores_mean']} cores "
           f"over {ss['window_s']}s ({p.get('cpu_kernel_share', 0):.0%} in the kernel)"
-          + (f"; each replica {p['rss_mib_each_at_end']} MiB" if p.get("processes", 1) > 1 else ""))
+          + (f"; each replica {p['rss_mib_each_at_end']} MiB" if p.get("processes", 1) > 1 else "")
+          + (f"; of it the halt sentinel's process {p['rss_mib_child_processes_at_end']} MiB"
+             if p.get("rss_mib_child_processes_at_end") else ""))
     if ss.get("gc_frozen_objects_each_at_end"):
         print(f"                   objects frozen out of the collector's sight at the window's end: "
               f"{ss['gc_frozen_objects_each_at_end']}")

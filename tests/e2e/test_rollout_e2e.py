@@ -121,7 +121,7 @@ def test_breaker_condition_halts_and_the_halt_survives_restart_reapply_and_scali
     st = ts.wait("halter", lambda s: s.get("state") == "Halted", 15, "Halted")
     wait_for(lambda: ts.replicas("halter") == 0, 10, "StatefulSet scaled to 0")
     assert st["history"][-1]["action"] == "halt"
-    # The halt sentinel stopped the pod first, on its own thread; the pass wrote the halt.
+    # The halt sentinel stopped the pod first, from its own process; the pass wrote the halt.
     stopped = [json.loads(line) for line in op.log_path.read_text().splitlines() if "halt sentinel: the pod is stopped" in line]
     assert [(e["strategy"], e["condition"]) for e in stopped] == [("halter", "CircuitBreakerTripped")], stopped
     wait_for(

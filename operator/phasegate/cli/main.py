@@ -479,7 +479,7 @@ def run(
     ] = 256,
     halt_sentinel: Annotated[
         bool, typer.Option("--halt-sentinel/--no-halt-sentinel", envvar="PHASEGATE_HALT_SENTINEL",
-                           help="A breaker condition someone writes stops the pod from a thread of its own, "
+                           help="A breaker condition someone writes stops the pod from a process of its own, "
                                 "before the strategy's pass (which then writes the halt).")
     ] = True,
 ) -> None:

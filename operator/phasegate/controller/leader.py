@@ -191,6 +191,12 @@ class LeaderElector:
         at = self._renewed_at
         return at is not None and self._mono() < at + self.s.renew_deadline
 
+    def acting_until(self) -> list[float]:
+        """The monotonic time `leading()` turns False at unless renewed first (0: not leading),
+        as a one-shard list: what the halt sentinel's process acts by."""
+        at = self._renewed_at
+        return [at + self.s.renew_deadline if at is not None else 0.0]
+
     def check(self, op: str = "write", target: str = "") -> None:
         """Raise NotLeading unless this process is the leader at this moment."""
         if UNFENCED.get() or self.leading():

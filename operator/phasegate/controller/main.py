@@ -24,9 +24,9 @@ from phasegate.metrics.httpclient import HttpClient
 from . import census, collector, handlers, leader, lean_bodies, telemetry
 from .election_thread import ElectionThread
 from .fresh import FreshBodies
-from .kube import Kube, RateLimiter, load_client
+from .kube import Kube, RateLimiter, load_client, no_env_lookups
 from .reconcile import Reconciler
-from .sentinel import Sentinel
+from .sentinel_process import SentinelProcess, no_election
 from .shards import LeaseDirectory, ShardElection, conflicting, shard_of
 
 _state: dict[str, Any] = {}
@@ -154,7 +154,7 @@ def _shard_count() -> int:
 
 async def _build_elector(api: Any, election: leader.ElectionSettings) -> Any:
     """The elector (one lease, or N shard leases), built on the election thread with its client."""
-    _no_env_lookups(api)
+    no_env_lookups(api)
     api.user_agent = f"phasegate@{election.identity}/{phasegate.__version__}"
     log = telemetry.log_for("-", "-").bind(identity=election.identity)
     shards = _shard_count()
@@ -230,9 +230,16 @@ def _release_on_signal(loop: asyncio.AbstractEventLoop) -> None:
             return
 
 
+async def _stop_sentinel() -> None:
+    sentinel = _state.pop("sentinel", None)
+    if sentinel is not None:
+        await sentinel.astop()
+
+
 async def _release_then_stop(stop: asyncio.Event) -> None:
     thread = _state.pop("election_thread", None)
     try:
+        await _stop_sentinel()  # it acts by the leases: it ends before they are handed over
         if thread is not None:
             await thread.stop(timeout=5.0)
     finally:
@@ -249,33 +256,16 @@ def halt_sentinel_enabled(raw: Optional[str] = None) -> bool:
     raise SystemExit(f"PHASEGATE_HALT_SENTINEL={raw!r}: set it to true or false, or leave it unset (true)")
 
 
-async def _sentinel_client() -> Any:
-    api = await load_client()
-    _no_env_lookups(api)
-    election: Optional[leader.ElectionSettings] = _state.get("election")
-    identity = election.identity if election is not None else leader.default_identity()
-    api.user_agent = f"phasegate-sentinel@{identity}/{phasegate.__version__}"
-    return api
-
-
 def _limiter() -> RateLimiter:
     return RateLimiter(qps=float(os.environ.get("PHASEGATE_KUBE_QPS") or 100.0),
                        burst=int(os.environ.get("PHASEGATE_KUBE_BURST") or 200))
-
-
-def _no_env_lookups(api: Any) -> None:
-    # kubernetes_asyncio's session reads proxy settings and ~/.netrc on every request
-    # (trust_env): measurable CPU at thousands of calls a minute, and nothing we use.
-    session = getattr(getattr(api, "rest_client", None), "pool_manager", None)
-    if session is not None and hasattr(session, "_trust_env"):
-        session._trust_env = False
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _settings(settings)
     api = await load_client()
-    _no_env_lookups(api)
+    no_env_lookups(api)
     limiter = _limiter()
     handlers.EVALUATION_SLOTS = asyncio.Semaphore(int(os.environ.get("PHASEGATE_MAX_CONCURRENT_EVALUATIONS") or 256))
     election: Optional[leader.ElectionSettings] = _state.get("election")
@@ -310,8 +300,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     handlers.RECONCILER = Reconciler(kube, source_for, identity=identity)
     handlers.FRESH = FreshBodies(kube)
     if halt_sentinel_enabled():
-        sentinel = Sentinel(_sentinel_client, _close_client, namespace=_state.get("namespace"),
-                            leading=lambda namespace, name: handlers.LEADING(namespace, name))
+        deadlines = elector.acting_until if elector is not None else no_election()
+        sentinel = SentinelProcess(namespace=_state.get("namespace"), identity=identity, deadlines=deadlines,
+                                   verbose=bool(_state.get("verbose")))
         sentinel.start()
         _state["sentinel"] = sentinel
         handlers.SENTINEL_STOPPED = handlers.RECONCILER.sentinel_stopped = sentinel.stopped_at
@@ -368,9 +359,7 @@ async def cleanup(**_: Any) -> None:
     freezer = _state.pop("collector", None)
     if freezer is not None:
         freezer.cancel()
-    sentinel = _state.pop("sentinel", None)
-    if sentinel is not None:
-        await sentinel.stop()
+    await _stop_sentinel()
     thread = _state.pop("election_thread", None)
     _state.pop("elector", None)
     if thread is not None:
@@ -399,6 +388,7 @@ def run(
     census.start_tracing()
     telemetry.watch_gc()
     _state["metrics_port"] = metrics_port
+    _state["verbose"] = verbose
     _state["namespace"] = namespace
     halt_sentinel_enabled()  # a bad setting stops the operator before kopf starts
     _state["bind_address"] = bind_address

@@ -135,6 +135,10 @@ class ShardElection:
     def leading_for(self, namespace: str, name: str) -> bool:
         return self.electors[shard_of(namespace, name, self.shards)].leading()
 
+    def acting_until(self) -> list[float]:
+        """Each shard's deadline, in shard order (LeaderElector.acting_until)."""
+        return [e.acting_until()[0] for e in self.electors]
+
     def since_for(self, namespace: str, name: str) -> Optional[float]:
         e = self.electors[shard_of(namespace, name, self.shards)]
         return e.leading_since if e.leading() else None

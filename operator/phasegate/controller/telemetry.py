@@ -190,6 +190,16 @@ SENTINEL_WATCH_RESTARTS = Counter(
     "Times the halt sentinel's watch of the strategies failed and was started again.",
     registry=REGISTRY,
 )
+SENTINEL_UP = Gauge(
+    "phasegate_sentinel_up",
+    "1 while the halt sentinel's process runs (0: it is being started again; halts take the strategy's pass).",
+    registry=REGISTRY,
+)
+SENTINEL_PROCESS_RESTARTS = Counter(
+    "phasegate_sentinel_process_restarts_total",
+    "Times the halt sentinel's process ended unasked and was started again.",
+    registry=REGISTRY,
+)
 STATUS_WRITES = Counter(
     "phasegate_status_writes_total",
     "Status writes of the strategies (volatile fields are written at most every 120 s; decisions at once).",
