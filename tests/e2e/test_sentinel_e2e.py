@@ -114,13 +114,14 @@ time.sleep(3600)
 """
 
 
-def test_the_sentinel_process_ends_when_the_operator_dies(kubeconfig, namespace):
+def test_the_sentinel_process_ends_when_the_operator_dies(k8s, kubeconfig, namespace):
     """SIGKILL of the operator leaves nobody to stop its sentinel: the pipe's end of file does."""
+    install_crd(k8s)  # a watch that works: nothing else ends the process (a failed one is written up the pipe)
     parent = subprocess.Popen([sys.executable, "-c", PARENT, namespace], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "KUBECONFIG": str(kubeconfig)}, cwd=ROOT)
     try:
         child = next(int(line.split()[1]) for line in parent.stdout if line.startswith("PID "))
-        time.sleep(2.0)
+        time.sleep(3.0)
         assert alive(child), "the sentinel runs while the operator does"
         parent.kill()
         parent.wait()
