@@ -237,6 +237,9 @@ class ProcSampler:
         stats = [st.proc_stat(self._stat(pid)) for pid in self.pids]
         return sum(t for t, _ in stats), sum(r for _, r in stats)
 
+    def child_ticks(self) -> float:
+        return sum(st.proc_stat(self._stat(pid))[0] for group in self.groups for pid in group[1:])
+
     def kernel_ticks(self) -> int:
         return sum(st.proc_kernel_ticks(self._stat(pid)) for pid in self.pids)
 
@@ -246,6 +249,7 @@ class ProcSampler:
 
     def __enter__(self) -> ProcSampler:
         self.t0, (self.ticks0, rss) = time.monotonic(), self.stat()
+        self.child_ticks0 = self.child_ticks()
         self.kernel0 = self.kernel_ticks()
         self.rss.append(rss * self.page)
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -257,6 +261,7 @@ class ProcSampler:
         self.thread.join()
         self.seconds = time.monotonic() - self.t0
         self.ticks1, rss = self.stat()
+        self.child_ticks1 = self.child_ticks()
         self.kernel1 = self.kernel_ticks()
         self.rss.append(rss * self.page)
         # Each replica's own at the end: a sharded fleet's total hides whether shards split it.
@@ -275,6 +280,8 @@ class ProcSampler:
             "rss_mib_each_at_end": [round(r / 2**20, 1) for r in self.rss_each],
             # Within the above: the replicas' own child processes (the halt sentinel's).
             "rss_mib_child_processes_at_end": round(self.rss_helpers / 2**20, 1),
+            "cpu_cores_child_processes": round(
+                st.cpu_fraction(self.child_ticks0, self.child_ticks1, self.seconds, self.clk), 3),
         }
 
 
@@ -518,6 +525,9 @@ async def halts(
     return {
         "operator_ms": st.distribution(op_lat, 1000, 1), "floor_ms": st.distribution(floor_lat, 1000, 1),
         "timeout_s": timeout, "not_halted_within_timeout": missed, "already_stopped": stopped,
+        # In the order measured (alternating batches of 5): a tail from one moment of the host shows on both.
+        "operator_samples_ms": [round(x * 1000, 1) for x in op_lat],
+        "floor_samples_ms": [round(x * 1000, 1) for x in floor_lat],
     }
 
 
@@ -871,8 +881,8 @@ def report(r: dict[str, Any]) -> None:
     print(f"  operator         RSS {p['rss_mib_mean']} MiB mean ({p['rss_mib_max']} max), CPU {p['cpu_cores_mean']} cores "
           f"over {ss['window_s']}s ({p.get('cpu_kernel_share', 0):.0%} in the kernel)"
           + (f"; each replica {p['rss_mib_each_at_end']} MiB" if p.get("processes", 1) > 1 else "")
-          + (f"; of it the halt sentinel's process {p['rss_mib_child_processes_at_end']} MiB"
-             if p.get("rss_mib_child_processes_at_end") else ""))
+          + (f"; of it the halt sentinel's process {p['rss_mib_child_processes_at_end']} MiB, "
+             f"{p.get('cpu_cores_child_processes')} cores" if p.get("rss_mib_child_processes_at_end") else ""))
     if ss.get("gc_frozen_objects_each_at_end"):
         print(f"                   objects frozen out of the collector's sight at the window's end: "
               f"{ss['gc_frozen_objects_each_at_end']}")

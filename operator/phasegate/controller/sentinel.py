@@ -77,13 +77,17 @@ Record = Callable[[Key, Optional[str]], None]
 Count = Callable[[str], None]
 
 
+HALT_RESULTS = ("scaled", "absent", "error")
+
+
 def count_here(result: str) -> None:
-    """The sentinel's counters in this process's registry (what `count` does by default)."""
+    """The sentinel's counters in this process's registry (what `count` does by default);
+    anything else is not a series of ours and is dropped."""
     if result == "restart":
         telemetry.SENTINEL_WATCH_RESTARTS.inc()
     elif result == "fenced":
         telemetry.FENCED_WRITES.labels("sentinel-scale").inc()
-    else:
+    elif result in HALT_RESULTS:
         telemetry.SENTINEL_HALTS.labels(result).inc()
 
 

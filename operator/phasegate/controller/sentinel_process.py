@@ -203,7 +203,10 @@ class SentinelProcess:
 
     def start(self) -> None:
         with self._lock:
-            self._spawn()
+            try:
+                self._spawn()
+            except OSError as exc:  # the supervisor tries again; halts take the pass meanwhile
+                self.log.error("halt sentinel: cannot start its process", error=str(exc)[:300])
         self.thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -268,6 +271,10 @@ class SentinelProcess:
         env = {**os.environ, **(self.env or {})}
         try:
             self.proc = subprocess.Popen(argv, pass_fds=(to_r, from_w), env=env, stdin=subprocess.DEVNULL)
+        except BaseException:
+            os.close(to_w)
+            os.close(from_r)
+            raise
         finally:
             os.close(to_r)
             os.close(from_w)
@@ -300,14 +307,14 @@ class SentinelProcess:
             if proc is not None and proc.poll() is None:
                 self.push()
                 continue
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                code = proc.returncode if proc is not None else None
-                self._end(0.0)
-            telemetry.SENTINEL_PROCESS_RESTARTS.inc()
-            self.log.error("halt sentinel: its process ended; halts take the strategy's pass until it is back",
-                           returncode=code)
+            if proc is not None:
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    self._end(0.0)
+                telemetry.SENTINEL_PROCESS_RESTARTS.inc()
+                self.log.error("halt sentinel: its process ended; halts take the strategy's pass until it is back",
+                               returncode=proc.returncode)
             if self._stopping.wait(self.restart_after):
                 return
             with self._lock:
