@@ -14,6 +14,9 @@ from decimal import Decimal
 import pytest
 import yaml
 
+from phasegate.api.contract import ANNOTATION_SENTINEL_STOP as SENTINEL_STOP
+from phasegate.policy.external import sentinel_stop
+
 import plans  # noqa: E402  (tests/support, put on sys.path by strategy_env)
 
 from .strategy_env import (
@@ -124,6 +127,9 @@ def test_breaker_condition_halts_and_the_halt_survives_restart_reapply_and_scali
     # The halt sentinel stopped the pod first, from its own process; the pass wrote the halt.
     stopped = [json.loads(line) for line in op.log_path.read_text().splitlines() if "halt sentinel: the pod is stopped" in line]
     assert [(e["strategy"], e["condition"]) for e in stopped] == [("halter", "CircuitBreakerTripped")], stopped
+    # Its note on the StatefulSet is removed once the halt answering it is written.
+    wait_for(lambda: SENTINEL_STOP not in (ts.apps.read_namespaced_stateful_set("halter", namespace).metadata.annotations
+                                           or {}), 10, "the sentinel's note removed")
     wait_for(
         lambda: any(e["reason"] == "HaltCircuitBreakerTripped" and e["type"] == "Warning" for e in ts.events_for("halter")),
         15, "a Halt Event",
@@ -156,6 +162,26 @@ def test_breaker_condition_halts_and_the_halt_survives_restart_reapply_and_scali
         wait_for(lambda: ts.replicas("halter") == 1, 15, "StatefulSet back to 1")
     finally:
         op2.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_pod_the_sentinel_stopped_on_a_condition_since_cleared_stays_stopped_with_a_halt(op, ts, namespace):
+    """The sentinel saw a breaker condition that was cleared before the strategy's pass read
+    it: its stop is on the StatefulSet, and the pass halts on it instead of starting the pod."""
+    ts.create(plans.strategy("blip", max_fraction=0.10))
+    ts.wait("blip", lambda s: s.get("phase") == "live-10", 90, "live-10")
+    seq = ts.status("blip")["historySeq"]
+    ts.apps.patch_namespaced_stateful_set("blip", namespace, {
+        "metadata": {"annotations": {SENTINEL_STOP: sentinel_stop(["RiskLimitBreached"], "1")}}, "spec": {"replicas": 0}})
+    st = ts.wait("blip", lambda s: s.get("state") == "Halted", 15, "Halted")
+    entry = st["history"][-1]
+    assert entry["action"] == "halt" and "halt sentinel stopped the pod on RiskLimitBreached" in entry["reason"], entry
+    assert st["historySeq"] == seq + 1
+    assert [h["source"] for h in st["holds"] if h["kind"] == "Halt"] == ["sentinelRiskLimitBreached"]
+    wait_for(lambda: SENTINEL_STOP not in (ts.apps.read_namespaced_stateful_set("blip", namespace).metadata.annotations
+                                           or {}), 10, "the sentinel's note removed")
+    time.sleep(3)
+    assert ts.replicas("blip") == 0 and ts.status("blip")["historySeq"] == seq + 1, "stopped, recorded once"
 
 
 BAD = [

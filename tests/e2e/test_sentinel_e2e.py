@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from phasegate.api.contract import ANNOTATION_SENTINEL_STOP as SENTINEL_STOP
+from phasegate.api.status import Cause
 from phasegate.controller import telemetry
 from phasegate.controller.sentinel_process import SentinelProcess
 from phasegate.controller.shards import shard_of
+from phasegate.policy.external import stop_causes
 
 import plans
 
@@ -83,6 +86,8 @@ def test_the_sentinel_process_stops_the_pod_of_a_strategy_it_leads_on_a_breaker_
         took = time.monotonic() - t0
         rv = ts.get(led)["metadata"]["resourceVersion"]
         assert sentinel.stopped_at(namespace, led) == rv, "the operator's side has the version it acted on"
+        note = ts.apps.read_namespaced_stateful_set(led, namespace).metadata.annotations[SENTINEL_STOP]
+        assert stop_causes(note) == [("CircuitBreakerTripped", Cause.CIRCUIT_BREAKER_TRIPPED)], "why, with the stop"
         time.sleep(2.0)
         assert ts.replicas(other) == 1, "a strategy of a shard this replica does not hold is left alone"
         assert ts.replicas(paused) == 1, "a condition a hold answers is not a halt"

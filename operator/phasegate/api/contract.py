@@ -81,6 +81,10 @@ ANNOTATION_MODE = "phasegate.dev/mode"
 ANNOTATION_CAPITAL = "phasegate.dev/capital"
 # On the StatefulSet: the digest of the decision it was applied for (policy.desired).
 ANNOTATION_DESIRED_KEY = "phasegate.dev/desired-key"
+# On the StatefulSet, written by the halt sentinel in the same patch as `replicas: 0`: which
+# breaker conditions it stopped the pod on (policy/external.py). The strategy's pass halts on
+# it even if the condition is gone by then, and removes it once a halt answers it.
+ANNOTATION_SENTINEL_STOP = "phasegate.dev/sentinel-stop"
 
 # The node of the local process runtime (tests and demo): pods that tolerate this
 # taint run as real local processes.

@@ -225,6 +225,8 @@ class ChildrenObservation:
     # LimitRange, a missing ServiceAccount, a policy engine), from a server-side dry run.
     pod_refused: Optional[str] = None
     dry_run_key: str = ""  # the desired key of the pod that dry run was for ("" when none was made)
+    # The halt sentinel stopped the pod (its annotation on the StatefulSet, policy/external.py).
+    sentinel_stop: str = ""
 
 
 @dataclass(frozen=True)

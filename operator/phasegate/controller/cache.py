@@ -52,6 +52,7 @@ class StatefulSetView:
     # A roll in progress: the StatefulSet controller has not yet brought every pod to the
     # newest revision (or has not seen the newest spec).
     rolling: bool = False
+    sentinel_stop: str = ""  # the halt sentinel's annotation (policy/external.py)
 
 
 def pod_view(body: Mapping[str, Any]) -> PodView:
@@ -84,6 +85,7 @@ def statefulset_view(body: Mapping[str, Any]) -> StatefulSetView:
         replicas=replicas,
         desired_key=(meta.get("annotations") or {}).get(contract.ANNOTATION_DESIRED_KEY, ""),
         rolling=rolling,
+        sentinel_stop=(meta.get("annotations") or {}).get(contract.ANNOTATION_SENTINEL_STOP, ""),
     )
 
 

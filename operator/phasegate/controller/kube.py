@@ -246,6 +246,18 @@ class Kube:
                 return False
             raise
 
+    async def annotate_statefulset(self, namespace: str, name: str, annotations: dict[str, Optional[str]]) -> None:
+        """Merge `annotations` into the StatefulSet's (None removes one); a missing one is no error."""
+        await self.limiter.acquire()
+        self.fence("annotate", f"StatefulSet {namespace}/{name}")
+        try:
+            await _unread(self.apps.patch_namespaced_stateful_set(
+                name, namespace, {"metadata": {"annotations": annotations}}, _content_type=MERGE, _preload_content=False,
+            ))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     async def delete_network_policy(self, namespace: str, name: str) -> None:
         await self.limiter.acquire()
         self.fence("delete", f"NetworkPolicy {namespace}/{name}")

@@ -129,6 +129,7 @@ async def read_children(kube: Kube, owner: Owner, pod: Optional[PodView], sts: O
         replicas=sts.replicas if sts is not None else None,
         desired_key=sts.desired_key if sts is not None else "",
         pod=pod is not None,
+        sentinel_stop=sts.sentinel_stop if sts is not None else "",
     )
     if not pod_pending(spec, status, seen):
         return seen

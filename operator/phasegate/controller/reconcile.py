@@ -19,13 +19,14 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from phasegate.api import ConditionType, HistoryEntry, StrategySpec, StrategyStatus
+from phasegate.api import ConditionType, HistoryEntry, StrategySpec, StrategyStatus, contract
 from phasegate.api.observations import Observation
 from phasegate.api.status import STOPPING_HOLDS, Cause, Transition
 from phasegate.manifests import Owner, backtest_job, flatten_job, network_policy, service, statefulset
 from phasegate.metrics.source import MetricsSource
 from phasegate.policy.conditions import set_condition
 from phasegate.policy.desired import needs_apply
+from phasegate.policy.external import unanswered_stop
 from phasegate.policy.persistence import Stable, persist_due, stable
 from phasegate.policy.rollout import Decision, decide
 
@@ -392,6 +393,12 @@ class Reconciler:
         *, network_policy: bool, spec_changed: bool, scaled_down: bool = False, decided_at: Optional[str] = None,
     ) -> None:
         """Make the children what the decision says, whenever they are not (level-triggered)."""
+        seen = obs.children
+        if seen is not None and seen.sentinel_stop and not unanswered_stop(seen.sentinel_stop, status.holds):
+            # The halt sentinel's stop is recorded by a halt in the status just written: its
+            # note on the StatefulSet has done its work (a reset later must not meet it again).
+            await self.kube.annotate_statefulset(owner.namespace, owner.name,
+                                                 {contract.ANNOTATION_SENTINEL_STOP: None})
         desired = decision.desired
         if desired is None:
             return
@@ -404,7 +411,6 @@ class Reconciler:
                 stopped_at=stopped_at, decided_at=decided_at)
             return
         work = []
-        seen = obs.children
         if needs_apply(desired, seen) and desired.replicas == 1 and seen is not None and seen.pod:
             # A roll stops the running pod first: never for a pod the apiserver would refuse.
             # The next pass's observation reports the refusal (PodCreateFailed). The

@@ -39,7 +39,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from phasegate.api import contract
-from phasegate.policy.external import external_halts_wire
+from phasegate.policy.external import external_halts_wire, sentinel_stop
 
 from . import telemetry
 from .kube import _unread
@@ -197,8 +197,12 @@ class Sentinel:
             self._acted.pop(key, None)
             return
         try:
+            # The stop and what it was for, in one write: the pass halts on it even if the
+            # condition is gone before it reads the strategy (policy/external.py).
+            stop = {contract.ANNOTATION_SENTINEL_STOP: sentinel_stop(what.split(", "), rv)}
             await _unread(client.AppsV1Api(api).patch_namespaced_stateful_set(
-                name, ns, {"spec": {"replicas": 0}}, _content_type=MERGE, _preload_content=False,
+                name, ns, {"metadata": {"annotations": stop}, "spec": {"replicas": 0}}, _content_type=MERGE,
+                _preload_content=False,
             ))
         except ApiException as exc:
             if exc.status == 404:  # no StatefulSet (yet): the pass creates none for a halted strategy

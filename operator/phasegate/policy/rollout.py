@@ -56,7 +56,7 @@ from . import holds as H
 from .conditions import ConditionSet
 from .desired import Desired, desired_for, mismatch
 from .emergency import begin_emergency, begin_emergency_on_breach, flatten_wanted, progress
-from .external import external_halts
+from .external import external_halts, unanswered_stop
 from .gates import evaluate_backtest_gates, evaluate_metric_gates, start_phase_window
 from .requests import refusal
 from .risk import KIND_CIRCUIT, KIND_RISK, Breach, configured_limits, evaluate_risk, failed_read
@@ -286,6 +286,7 @@ def decide(
     _sync_spec_hold(d, spec_error if d.current is not None else (
         spec_error or f"phase {d.phase!r} is not in spec.phases: restore it (the operator keeps the strategy where it is)"))
     _latch_external_conditions(d)
+    _latch_sentinel_stop(d, obs)
     _answer_request(d, obs)
     if d.current is not None:
         if spec_error is None:
@@ -559,6 +560,21 @@ def _latch_external_conditions(d: Draft) -> None:
     for cond, cause in external_halts(d.conditions, d.holds):
         source = f"external{cond.type}"
         d.hold(HoldKind.HALT, Transition.HALT, f"{source}: {cond.reason}: {cond.message}".rstrip(": "),
+               source=source, cause=cause)
+
+
+def _latch_sentinel_stop(d: Draft, obs: Observation) -> None:
+    """The halt sentinel stopped the pod on a breaker condition (its annotation on the
+    StatefulSet). Where no halt records that cause yet (the condition was cleared before this
+    pass read it), the stop is a halt of its own: the pod stays stopped, with a history entry,
+    until a reset."""
+    seen = obs.children
+    if seen is None or not seen.sentinel_stop:
+        return
+    for ctype, cause in unanswered_stop(seen.sentinel_stop, d.holds):
+        source = f"sentinel{ctype}"
+        d.hold(HoldKind.HALT, Transition.HALT,
+               f"{source}: the halt sentinel stopped the pod on {ctype}, which was cleared before this pass read it",
                source=source, cause=cause)
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phasegate.api.status import Cause, Condition, Hold, HoldKind
-from phasegate.policy.external import external_halts, external_halts_wire
+from phasegate.policy.external import external_halts, external_halts_wire, sentinel_stop, stop_causes, unanswered_stop
 
 T = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 TYPES = ["CircuitBreakerTripped", "RiskLimitBreached", "MetricsAvailable", "Ready"]
@@ -56,3 +56,24 @@ def test_an_external_breaker_condition_is_a_halt_until_a_hold_of_its_cause_answe
 def test_a_status_it_cannot_read_is_no_halt_of_its_own_and_never_raises(junk):
     out = external_halts_wire(junk)
     assert isinstance(out, list)
+
+
+def test_the_sentinels_stop_names_its_causes_and_an_unreadable_one_is_still_a_stop():
+    stop = sentinel_stop(["CircuitBreakerTripped", "RiskLimitBreached"], "41")
+    assert stop_causes(stop) == [("CircuitBreakerTripped", Cause.CIRCUIT_BREAKER_TRIPPED),
+                                 ("RiskLimitBreached", Cause.RISK_LIMIT_BREACHED)]
+    for junk in ("", "not json", "[]", '{"conditions": "CircuitBreakerTripped"}', '{"conditions": ["Ready"]}'):
+        assert stop_causes(junk) == [("CircuitBreakerTripped", Cause.CIRCUIT_BREAKER_TRIPPED)], junk
+
+
+def test_only_a_hold_that_keeps_the_pod_stopped_answers_the_sentinels_stop():
+    stop = sentinel_stop(["CircuitBreakerTripped"], "41")
+    assert unanswered_stop("", []) == [], "no annotation, no stop"
+    assert unanswered_stop(stop, []) == [("CircuitBreakerTripped", Cause.CIRCUIT_BREAKER_TRIPPED)]
+    for kind in (HoldKind.HALT, HoldKind.EMERGENCY):
+        answered = Hold(kind=kind, id="#3", seq=3, cause=Cause.CIRCUIT_BREAKER_TRIPPED, since=T)
+        assert unanswered_stop(stop, [answered]) == [], kind
+    paused = Hold(kind=HoldKind.RISK_PAUSE, id="#3", seq=3, cause=Cause.CIRCUIT_BREAKER_TRIPPED, since=T)
+    assert unanswered_stop(stop, [paused]) != [], "a pause lets the pod run: it does not answer a stop"
+    other = Hold(kind=HoldKind.HALT, id="#3", seq=3, cause=Cause.RISK_LIMIT_BREACHED, since=T)
+    assert unanswered_stop(stop, [other]) != [], "another cause answers nothing"

@@ -112,6 +112,26 @@ def test_external_breaker_condition_halts_and_only_reset_resumes():
     assert not st.is_true("CircuitBreakerTripped")
 
 
+def test_a_pod_the_halt_sentinel_stopped_stays_stopped_after_the_condition_is_gone():
+    from phasegate.api.observations import ChildrenObservation
+    from phasegate.policy.external import sentinel_stop
+
+    s = spec()
+    st, now, _ = climb(s, Market(), start(s), T0, 30)
+    assert st.state is not State.HALTED and st.capital_fraction > 0
+    # The condition was set and cleared before this pass: only the StatefulSet says what happened.
+    stopped = ChildrenObservation(statefulset=True, replicas=0, sentinel_stop=sentinel_stop(["CircuitBreakerTripped"], "41"))
+    d, st = step(s, st, Observation(children=stopped), now)
+    assert st.state is State.HALTED and [e.action for e in d.history] == ["halt"]
+    assert "halt sentinel stopped the pod on CircuitBreakerTripped" in d.history[-1].reason
+    assert d.desired is None or d.desired.replicas == 0
+    d, st = step(s, st, Observation(children=stopped), now)
+    assert not d.history, "the same stop is recorded once"
+    # The controller removes the note once the halt is written; only a reset naming the halt resumes.
+    d, st = step(s, st, Observation(request=request(Verb.RESET, reason="blip checked", target=newest_halt(st))), now)
+    assert st.state is State.PROGRESSING and d.history[-1].action == "reset"
+
+
 def test_drawdown_breach_halts():
     s = spec(riskLimits={"maxDrawdown": {"threshold": 0.10, "action": "halt"}})
     m = Market()

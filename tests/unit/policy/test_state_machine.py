@@ -30,14 +30,15 @@ from phasegate.api.spec import Mode
 from phasegate.api.status import STOPPING_HOLDS, Condition, HoldKind, RequestOutcome, Transition
 from phasegate.controller.reconcile import spec_to_guard_with
 from phasegate.policy.desired import desired_key, needs_apply, pod_runs
-from phasegate.policy.external import external_halts, external_halts_wire
+from phasegate.policy.external import external_halts, external_halts_wire, sentinel_stop, unanswered_stop
 from phasegate.policy.holds import derive_state, newest_stopping
 from phasegate.policy.rollout import Decision, decide
 from phasegate.policy.timing import startup_grace
 
 D = Decimal
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
-STATS: dict[str, int] = {"sentinel": 0, "loss-checks": 0, "steps": 0, "halts": 0, "resets": 0, "live": 0, "advances": 0}
+STATS: dict[str, int] = {"sentinel": 0, "blips": 0, "loss-checks": 0, "steps": 0, "halts": 0, "resets": 0, "live": 0,
+                         "advances": 0}
 
 BASE_SPEC: dict[str, Any] = {
     "capital": "1000000",
@@ -85,10 +86,11 @@ class Cluster:
     refusing: bool = False  # admission refuses every new strategy pod (a policy, a quota)
     # The flow-adjusted truth per book, as the desk would compute it: [index, high-water mark, day open, day]
     truth: dict[str, list[Any]] = field(default_factory=dict)
+    sentinel_stop: str = ""  # the halt sentinel's annotation on the StatefulSet
 
     def children(self) -> ChildrenObservation:
         return ChildrenObservation(statefulset=self.sts, replicas=self.replicas if self.sts else None,
-                                   desired_key=self.key, pod=self.pod is not None)
+                                   desired_key=self.key, pod=self.pod is not None, sentinel_stop=self.sentinel_stop)
 
     def roll(self) -> None:
         """The StatefulSet controller and kubelet: one step towards the applied template."""
@@ -171,6 +173,7 @@ class GuardMachine(RuleBasedStateMachine):
         d = decide(self.spec, old, obs, self.now, self.generation, spec_error=self.spec_error)
         check_step(self, old, d, obs)
         check_sentinel(old, d)
+        check_sentinel_stop(obs, d)
         again = decide(self.spec, d.status, obs, self.now, self.generation, spec_error=self.spec_error)
         assert not again.history, f"deciding twice added {[(e.action, e.reason) for e in again.history]} (rule 5)"
         assert again.status.wire() == d.status.wire(), "deciding twice changed the status (rule 5)"
@@ -185,6 +188,9 @@ class GuardMachine(RuleBasedStateMachine):
             if phase is not None and d.desired.replicas == 1:
                 cap = d.status.capital if phase.mode is Mode.LIVE else (self.spec.paper_capital or self.spec.capital)
                 c.template = (d.status.phase, phase.mode.value, cap)
+        if not write_fails and self.cluster.sentinel_stop and not unanswered_stop(self.cluster.sentinel_stop,
+                                                                                   d.status.holds):
+            self.cluster.sentinel_stop = ""  # Reconciler._actuate: a halt written answers it
         if not write_fails and not held and d.desired is not None:
             # The controller applied what differed: the StatefulSet now says what the decision says.
             assert self.cluster.replicas == d.desired.replicas and (d.desired.replicas == 0 or self.cluster.key == d.desired.key)
@@ -308,7 +314,7 @@ class GuardMachine(RuleBasedStateMachine):
         self.decide_step(self.observe())
 
     @rule(what=st.sampled_from(["clock-back-30s", "clock-back-10m", "clock-back-2h", "circuit-condition", "risk-condition",
-                                "admission-on", "admission-off", "admission-off", "rolls"]))
+                                "circuit-blip", "risk-blip", "admission-on", "admission-off", "admission-off", "rolls"]))
     def the_world_intervenes(self, what: str) -> None:
         """A clock stepped back, a breaker condition set by someone else (a person, an alert),
         an admission policy switched on or off, the StatefulSet controller moving on."""
@@ -316,7 +322,19 @@ class GuardMachine(RuleBasedStateMachine):
             self.now -= {"30s": timedelta(seconds=30), "10m": timedelta(minutes=10), "2h": timedelta(hours=2)}[what[11:]]
             self.decide_step(self.read(D(0), "ok"))
             return
-        if what.endswith("condition"):
+        if what.endswith("blip"):
+            # A breaker condition set and cleared again before the strategy's pass read it: the
+            # halt sentinel saw it (where it was a new halt) and stopped the pod, annotating why.
+            ctype = "CircuitBreakerTripped" if what.startswith("circuit") else "RiskLimitBreached"
+            tripped = Condition(type=ctype, status="True", reason="AlertFiring", message="", last_transition_time=self.now)
+            seen = self.status.model_copy(update={"conditions": [c for c in self.status.conditions if c.type != ctype]
+                                                  + [tripped]})
+            if ctype in external_halts_wire(seen.wire()) and self.cluster.sts:
+                STATS["blips"] += 1
+                self.cluster.replicas = 0
+                self.cluster.sentinel_stop = sentinel_stop([ctype], f"{self.steps}")
+                self.cluster.roll()
+        elif what.endswith("condition"):
             ctype = "CircuitBreakerTripped" if what.startswith("circuit") else "RiskLimitBreached"
             conds = [c for c in self.status.conditions if c.type != ctype]
             conds.append(Condition(type=ctype, status="True", reason="AlertFiring", message="via Alertmanager",
@@ -352,6 +370,15 @@ def check_sentinel(old: StrategyStatus, d: Decision) -> None:
         STATS["sentinel"] += 1
         assert any(h.kind in STOPPING_HOLDS for h in d.status.holds), f"the sentinel stopped {fast}, the pass did not halt"
         assert d.desired is None or d.desired.replicas == 0, "the sentinel stopped a pod the pass runs"
+
+
+def check_sentinel_stop(obs: Observation, d: Decision) -> None:
+    """A pod the sentinel stopped stays stopped, with a halt on record for each cause it
+    stopped on, even when the condition is gone by the pass (no quiet restart)."""
+    stop = obs.children.sentinel_stop if obs.children is not None else ""
+    if stop:
+        assert not unanswered_stop(stop, d.status.holds), "the sentinel stopped the pod and no halt records why"
+        assert d.desired is None or d.desired.replicas == 0, "a pod the sentinel stopped is started again"
 
 
 def check_step(m: GuardMachine, old: StrategyStatus, d: Decision, obs: Observation) -> None:
