@@ -313,6 +313,7 @@ class Reconciler:
             await self._post_events(owner, memo, now)
         finally:
             await actuating
+        await self._answer_sentinel_note(owner, new, obs)
         if read_metrics:
             memo.evaluations += 1
         telemetry.RECONCILE_SECONDS.labels(trigger).observe(time.perf_counter() - started)
@@ -394,11 +395,6 @@ class Reconciler:
     ) -> None:
         """Make the children what the decision says, whenever they are not (level-triggered)."""
         seen = obs.children
-        if seen is not None and seen.sentinel_stop and not unanswered_stop(seen.sentinel_stop, status.holds):
-            # The halt sentinel's stop is recorded by a halt in the status just written: its
-            # note on the StatefulSet has done its work (a reset later must not meet it again).
-            await self.kube.annotate_statefulset(owner.namespace, owner.name,
-                                                 {contract.ANNOTATION_SENTINEL_STOP: None})
         desired = decision.desired
         if desired is None:
             return
@@ -437,6 +433,19 @@ class Reconciler:
         if desired.flatten_job and (obs.emergency is None or obs.emergency.flatten is None):
             work.append(self.kube.create_job(flatten_job(spec, status, owner, desired.flatten_job)))
         await asyncio.gather(*work)
+
+    async def _answer_sentinel_note(self, owner: Owner, status: StrategyStatus, obs: Observation) -> None:
+        """The halt sentinel's note on the StatefulSet is removed once a halt in the status
+        just written answers it, so that a reset later does not meet it again. After the
+        children are made to match, and never in their way: a failure is retried next pass."""
+        seen = obs.children
+        if seen is None or not seen.sentinel_stop or unanswered_stop(seen.sentinel_stop, status.holds):
+            return
+        try:
+            await self.kube.annotate_statefulset(owner.namespace, owner.name, {contract.ANNOTATION_SENTINEL_STOP: None})
+        except Exception as exc:  # the next pass sees the note and tries again
+            telemetry.log_for(owner.namespace, owner.name).warning(
+                "the halt sentinel's note on the StatefulSet could not be removed", error=str(exc)[:300])
 
     @staticmethod
     def _log_transition(log: Any, entry: HistoryEntry, ns: str, name: str, status: StrategyStatus) -> None:
