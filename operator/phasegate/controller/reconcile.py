@@ -394,7 +394,6 @@ class Reconciler:
         *, network_policy: bool, spec_changed: bool, scaled_down: bool = False, decided_at: Optional[str] = None,
     ) -> None:
         """Make the children what the decision says, whenever they are not (level-triggered)."""
-        seen = obs.children
         desired = decision.desired
         if desired is None:
             return
@@ -407,6 +406,7 @@ class Reconciler:
                 stopped_at=stopped_at, decided_at=decided_at)
             return
         work = []
+        seen = obs.children
         if needs_apply(desired, seen) and desired.replicas == 1 and seen is not None and seen.pod:
             # A roll stops the running pod first: never for a pod the apiserver would refuse.
             # The next pass's observation reports the refusal (PodCreateFailed). The
