@@ -479,7 +479,7 @@ async def timed_halts(kubeconfig: Path, ns: str, names: list[str], timeout: floa
     stop = asyncio.Event()
     watcher = ZeroWatcher(api, ns)
     task = asyncio.create_task(watcher.run(stop))
-    await asyncio.sleep(1.0)  # the watch has listed
+    await asyncio.wait_for(watcher.listed.wait(), 120)
     out: list[float] = []
     missed: list[str] = []
     try:
@@ -540,7 +540,7 @@ async def breaches(kubeconfig: Path, ns: str, targets: dict[str, str], server: S
     watcher = ZeroWatcher(api, ns)
     stop = asyncio.Event()
     task = asyncio.create_task(watcher.run(stop))
-    await asyncio.sleep(2.0)  # the watch has listed
+    await asyncio.wait_for(watcher.listed.wait(), 120)
     loop = asyncio.get_running_loop()
 
     timeout = 6 * interval + 60
