@@ -10,6 +10,7 @@ Two paths measured side by side in one run, the same way, on the same control pl
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import sys
 import time
@@ -94,8 +95,6 @@ class ZeroWatcher:
                 fut.set_result(self.seen[name])
 
     async def _list(self) -> str:
-        import json
-
         resp = await self.apps.list_namespaced_stateful_set(self.namespace, _preload_content=False)
         try:
             body = json.loads(await resp.read())

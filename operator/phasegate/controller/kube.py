@@ -103,6 +103,10 @@ async def load_client() -> client.ApiClient:
     return client.ApiClient()
 
 
+async def close_client(api: Any) -> None:
+    await api.close()
+
+
 def no_env_lookups(api: Any) -> None:
     # kubernetes_asyncio's session reads proxy settings and ~/.netrc on every request
     # (trust_env): measurable CPU at thousands of calls a minute, and nothing we use.

@@ -24,7 +24,7 @@ from phasegate.metrics.httpclient import HttpClient
 from . import census, collector, handlers, leader, lean_bodies, telemetry
 from .election_thread import ElectionThread
 from .fresh import FreshBodies
-from .kube import Kube, RateLimiter, load_client, no_env_lookups
+from .kube import Kube, RateLimiter, close_client, load_client, no_env_lookups
 from .reconcile import Reconciler
 from .sentinel_process import SentinelProcess, no_election
 from .shards import LeaseDirectory, ShardElection, conflicting, shard_of
@@ -177,14 +177,10 @@ async def _build_elector(api: Any, election: leader.ElectionSettings) -> Any:
                                 may_acquire=no_sharded_replica)
 
 
-async def _close_client(api: Any) -> None:
-    await api.close()
-
-
 async def _start_election(election: leader.ElectionSettings) -> Any:
     """Leases are renewed on their own thread (controller/election_thread.py): a loop busy with
     thousands of evaluations never makes a renewal late."""
-    thread = ElectionThread(lambda api: _build_elector(api, election), load_client, _close_client)
+    thread = ElectionThread(lambda api: _build_elector(api, election), load_client, close_client)
     elector = await thread.start()
     _state["election_thread"] = thread
     if isinstance(elector, ShardElection):

@@ -39,7 +39,7 @@ from typing import Any, Optional
 import phasegate
 
 from . import telemetry
-from .kube import load_client, no_env_lookups
+from .kube import close_client, load_client, no_env_lookups
 from .sentinel import Key, Sentinel, count_here
 from .shards import shard_of
 
@@ -133,16 +133,12 @@ async def _sentinel_client(identity: str) -> Any:
     return api
 
 
-async def _close(api: Any) -> None:
-    await api.close()
-
-
 async def serve_child(read_fd: int, write_fd: int, namespace: Optional[str], identity: str) -> None:
     link = ParentLink(read_fd, write_fd)
     os.set_blocking(read_fd, False)
     loop = asyncio.get_running_loop()
     loop.add_reader(read_fd, link.on_readable)
-    sentinel = Sentinel(lambda: _sentinel_client(identity), _close, namespace=namespace, leading=link.leading,
+    sentinel = Sentinel(lambda: _sentinel_client(identity), close_client, namespace=namespace, leading=link.leading,
                         record=link.record, count=link.count)
     gc.freeze()  # what start-up made lives as long as the process
     watching = asyncio.create_task(sentinel.serve(), name="phasegate halt sentinel")
@@ -249,13 +245,15 @@ class SentinelProcess:
 
     def push(self) -> None:
         with self._lock:
-            fd = self._to
-            if fd is None:
-                return
-            try:
-                os.write(fd, until_line(self.deadlines()))
-            except (BlockingIOError, BrokenPipeError):
-                pass  # not read (yet) or gone: its deadlines run out, it acts less, and the exit is seen
+            self._push_locked()
+
+    def _push_locked(self) -> None:
+        if self._to is None:
+            return
+        try:
+            os.write(self._to, until_line(self.deadlines()))
+        except (BlockingIOError, BrokenPipeError):
+            pass  # not read (yet) or gone: its deadlines run out, it acts less, and the exit is seen
 
     # -- the process
 
@@ -281,7 +279,7 @@ class SentinelProcess:
         os.set_blocking(to_w, False)
         os.set_blocking(from_r, False)
         self._to, self._from, self._lines = to_w, from_r, Lines()
-        os.write(to_w, until_line(self.deadlines()))
+        self._push_locked()
         telemetry.SENTINEL_UP.set(1)
         self.log.info("halt sentinel: process started", pid=self.proc.pid)
 
@@ -326,9 +324,9 @@ class SentinelProcess:
                     self.log.error("halt sentinel: cannot start its process", error=str(exc)[:300])
 
 
-def no_election(count: int = 1) -> Callable[[], list[float]]:
-    """The deadlines of a replica that acts on everything, always."""
-    return lambda: [math.inf] * count
+def no_election() -> Callable[[], list[float]]:
+    """The deadlines of a replica that acts on everything, always (one shard)."""
+    return lambda: [math.inf]
 
 
 __all__ = ["Lines", "ParentLink", "SentinelProcess", "acts", "child_main", "count_line", "no_election",
