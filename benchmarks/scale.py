@@ -37,6 +37,7 @@ import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -466,7 +467,7 @@ def setup_floor(api: client.ApiClient, ns: str, names: list[str], metrics_port: 
 
 
 async def timed_halts(kubeconfig: Path, ns: str, names: list[str], timeout: float,
-                      stopped: list[str]) -> tuple[list[float], list[str]]:
+                      stopped: list[str], trips: list[tuple[str, float]]) -> tuple[list[float], list[str]]:
     """halt_latency.measure, except that a halt not seen within `timeout` is recorded as
     missed instead of ending the run: at scale that is a finding, not an error. A strategy
     already at replicas 0 (an overloaded operator paused and halted it) is not timed: it
@@ -488,6 +489,7 @@ async def timed_halts(kubeconfig: Path, ns: str, names: list[str], timeout: floa
                 stopped.append(name)
                 continue
             t0 = await trip(custom, ns, name)
+            trips.append((name, time.time() - (time.perf_counter() - t0)))
             try:
                 out.append(await watcher.wait_zero(name, timeout) - t0)
             except TimeoutError:
@@ -500,6 +502,10 @@ async def timed_halts(kubeconfig: Path, ns: str, names: list[str], timeout: floa
     return out, missed
 
 
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+
+
 async def halts(
     kubeconfig: Path, op_ns: str, floor_ns: str, op_names: list[str], floor_names: list[str], timeout: float
 ) -> dict[str, Any]:
@@ -510,14 +516,17 @@ async def halts(
     floor_lat: list[float] = []
     missed: dict[str, list[str]] = {"operator": [], "floor": []}
     stopped: dict[str, list[str]] = {"operator": [], "floor": []}
+    trips: dict[str, list[tuple[str, float]]] = {"operator": [], "floor": []}
     # Small alternating batches, so that machine noise falls on both paths alike.
     for i in range(0, len(op_names), 5):
         if floor.done():  # it has no halt to time without its watch: say why instead of timing out each one
             raise RuntimeError(f"the floor client stopped: {floor.exception()!r}")
-        lat, miss = await timed_halts(kubeconfig, op_ns, op_names[i : i + 5], timeout, stopped["operator"])
+        lat, miss = await timed_halts(kubeconfig, op_ns, op_names[i : i + 5], timeout, stopped["operator"],
+                                     trips["operator"])
         op_lat += lat
         missed["operator"] += miss
-        lat, miss = await timed_halts(kubeconfig, floor_ns, floor_names[i : i + 5], timeout, stopped["floor"])
+        lat, miss = await timed_halts(kubeconfig, floor_ns, floor_names[i : i + 5], timeout, stopped["floor"],
+                                     trips["floor"])
         floor_lat += lat
         missed["floor"] += miss
     stop.set()
@@ -528,6 +537,9 @@ async def halts(
         # In the order measured (alternating batches of 5): a tail from one moment of the host shows on both.
         "operator_samples_ms": [round(x * 1000, 1) for x in op_lat],
         "floor_samples_ms": [round(x * 1000, 1) for x in floor_lat],
+        # When each condition was written (wall clock, UTC): to line up with the operator's log
+        # (the sentinel logs each stop with its write_ms).
+        "trips_at": {path: [[name, _utc(at)] for name, at in rows] for path, rows in trips.items()},
     }
 
 

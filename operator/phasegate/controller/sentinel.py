@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Optional
 
@@ -191,6 +192,7 @@ class Sentinel:
 
     async def scale_down(self, api: Any, key: Key, rv: str, what: str) -> None:
         ns, name = key
+        started = time.monotonic()
         log = telemetry.log_for(ns, name)
         if not self.leading(ns, name):  # fenced like every write: checked again just before it
             self.count("fenced")
@@ -213,8 +215,10 @@ class Sentinel:
             log.warning("halt sentinel: the scale-down failed; the strategy's pass halts it", error=str(exc)[:300])
             return
         self.count("scaled")
+        # write_ms: how long the apiserver took to answer the stop (the rest of a halt's latency
+        # is the watch's delivery of the condition, which this process cannot time).
         log.info("halt sentinel: the pod is stopped; the strategy's pass writes the halt", condition=what,
-                 resource_version=rv)
+                 resource_version=rv, write_ms=round((time.monotonic() - started) * 1000, 1))
 
 
 __all__ = ["Count", "Record", "Sentinel", "count_here", "halt_due", "signature"]

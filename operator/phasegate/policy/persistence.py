@@ -8,8 +8,12 @@ other writer. So the operator keeps the decided status in memory and writes it
 
 - at once, when anything a person or a restart needs changes: phase, holds, history,
   conditions' status or reason, failure counts, limits unchecked or breaching, gates passing
-  or failing, the trading day, a high-water mark risen by more than HWM_TOLERANCE;
-- otherwise at most every PERSIST_EVERY.
+  or failing, the trading day, a high-water mark risen by more than HWM_TOLERANCE, whether
+  the operator is late (a late streak starting or ending);
+- otherwise at most every PERSIST_EVERY. That includes the steps of a late streak: while
+  the operator is behind, every evaluation is late, and a write for each would load the
+  apiserver further for the same news (measured: at 1,000 strategies a fleet late after its
+  set-up wrote status on every evaluation and stayed behind until the lag rule had halted it).
 
 What a restart (or a failover) can lose is then the volatile part of the last PERSIST_EVERY,
 and all of it errs on the safe side or is recomputed:
@@ -21,7 +25,13 @@ and all of it errs on the safe side or is recomputed:
 - counter baselines come back older: the first delta spans the gap, so no increase is lost;
 - the last evaluation time comes back older: the first evaluation by a new process is not
   judged late (rollout._check_evaluation_lag): its gap is the failover, bounded by the Lease
-  and alerted on by itself.
+  and alerted on by itself;
+- a late streak comes back shorter by the late evaluations of the last PERSIST_EVERY (at most
+  PERSIST_EVERY / 2 intervals, as each is more than 2 intervals after the one before), never
+  longer: a pause or halt for lateness can come that much later after a restart, as the
+  first evaluation after a restart is not judged late at all. Lateness is the operator's
+  own health, not the strategy's: `phasegate_evaluation_lag_seconds` and its alerts report
+  it from the first late evaluation. Failed reads and unchecked limits are counted at once.
 """
 
 from __future__ import annotations
@@ -82,6 +92,10 @@ def stable(status: StrategyStatus) -> Stable:
     metrics_form = _blanked(metrics, {
         "last_success_at": None, "last_attempt_at": None, "last_read_id": "", "last_evaluated_at": None,
         "phase_pod_read_at": read_at,
+        # Late or not is news; how late (the streak's length, the gap in its message) waits.
+        # A failed read changes consecutive_errors, written at once with its own message.
+        "late_streak": metrics.late_streak > 0,
+        "last_error": "" if metrics.late_streak and not metrics.consecutive_errors else metrics.last_error,
     })
     return _blanked(status, {
         "clock": None,

@@ -142,3 +142,58 @@ def test_a_restart_from_the_written_status_loses_at_most_the_tolerance_of_the_hi
         assert restored <= true
         assert true <= restored * (1 + HWM_TOLERANCE)
         assert now - written_at < PERSIST_EVERY or written == live
+
+
+def late(s: StrategyStatus, streak: int, gap_s: int, at: datetime, errors: int = 0) -> StrategyStatus:
+    message = f"evaluated {gap_s}s after the previous evaluation (at most 20s, 2 intervals): the operator is behind"
+    return s.model_copy(update={"metrics": s.metrics.model_copy(update={
+        "late_streak": streak, "last_error": message if streak else s.metrics.last_error,
+        "consecutive_errors": errors, "last_evaluated_at": at})})
+
+
+def test_the_steps_of_a_late_streak_wait_for_the_cadence_its_start_and_end_do_not():
+    """While the operator is behind every evaluation is late: a write for each step would load
+    the apiserver further for the same news."""
+    on_time = base()
+    first = late(on_time, 1, 37, T0 + timedelta(seconds=37))
+    second = late(first, 2, 41, T0 + timedelta(seconds=78))
+    assert significant(on_time, first)  # late at all: written at once
+    assert not significant(first, second)  # later still: waits
+    assert not persist_due(first, second, T0 + timedelta(seconds=78), T0 + timedelta(seconds=37))
+    assert persist_due(first, second, T0 + timedelta(seconds=37) + PERSIST_EVERY, T0 + timedelta(seconds=37))
+    assert significant(second, late(second, 0, 0, T0 + timedelta(seconds=80)))  # on time again: at once
+    # A failed read while late is counted at once, with its own message.
+    failed = second.model_copy(update={"metrics": second.metrics.model_copy(update={
+        "consecutive_errors": 1, "last_error": "scrape timed out"})})
+    assert significant(second, failed)
+    assert significant(failed, failed.model_copy(update={"metrics": failed.metrics.model_copy(update={
+        "consecutive_errors": 2})}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=80))
+def test_a_restart_finds_a_late_streak_shorter_by_at_most_the_cadence_never_longer(gaps):
+    """Evaluations at any pace (interval 10 s: a gap over 20 s is late): the streak a restart
+    would find written is never longer than the true one, and shorter by fewer late
+    evaluations than fit in PERSIST_EVERY at more than 2 intervals each."""
+    interval = 10
+    live = base()
+    written, written_at, now, streak = live, T0, T0, 0
+    for gap in gaps:
+        now += timedelta(seconds=gap)
+        streak = streak + 1 if gap > 2 * interval else 0
+        live = late(live, streak, gap, now)
+        if persist_due(written, live, now, written_at):
+            written, written_at = live, now
+        restored = written.metrics.late_streak
+        assert restored <= streak
+        assert streak - restored < PERSIST_EVERY.total_seconds() / (2 * interval)
+        assert (restored == 0) == (streak == 0)
+
+
+def test_a_new_error_message_is_written_at_once_when_the_operator_is_on_time():
+    """Only lateness's own message (its gap changes each time) waits; any other is news."""
+    old = base()
+    refused = old.model_copy(update={"metrics": old.metrics.model_copy(update={
+        "last_error": "the pod is refused: exceeded quota"})})
+    assert significant(old, refused)
