@@ -27,7 +27,7 @@ from phasegate.metrics.source import MetricsSource
 from phasegate.policy.conditions import set_condition
 from phasegate.policy.desired import needs_apply
 from phasegate.policy.external import unanswered_stop
-from phasegate.policy.persistence import Stable, persist_due, stable
+from phasegate.policy.persistence import Stable, cadence_slot, persist_due, stable
 from phasegate.policy.rollout import Decision, decide
 
 from . import telemetry
@@ -293,7 +293,8 @@ class Reconciler:
             make_urgent()  # a halt found by this evaluation is written and acted on unthrottled
         stopping = self._stop_with_the_write(ns, name, decision, obs, read_metrics)
         try:
-            if persist_due(memo.persisted, new, now, memo.persisted_at, memo.persisted_stable()):
+            if persist_due(memo.persisted, new, now, memo.persisted_at, memo.persisted_stable(),
+                           cadence_slot(ns, name)):
                 await self._write_status(ns, name, memo, new, base_rv, now, obs)
         finally:
             if stopping is not None:

@@ -21,7 +21,14 @@ from phasegate.api.status import (
     StrategyStatus,
     Transition,
 )
-from phasegate.policy.persistence import HWM_TOLERANCE, INDEX_MOVE, PERSIST_EVERY, persist_due, significant
+from phasegate.policy.persistence import (
+    HWM_TOLERANCE,
+    INDEX_MOVE,
+    PERSIST_EVERY,
+    cadence_slot,
+    persist_due,
+    significant,
+)
 
 D = Decimal
 T0 = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)
@@ -124,8 +131,9 @@ def test_a_large_move_of_the_risk_index_is_written_at_once_for_the_person_watchi
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.decimals(min_value=D("-0.01"), max_value=D("0.01"), places=5),
-                          st.integers(min_value=1, max_value=30)), min_size=1, max_size=60))
-def test_a_restart_from_the_written_status_loses_at_most_the_tolerance_of_the_high_water_mark(path):
+                          st.integers(min_value=1, max_value=30)), min_size=1, max_size=60),
+       st.integers(min_value=0, max_value=119))
+def test_a_restart_from_the_written_status_loses_at_most_the_tolerance_of_the_high_water_mark(path, slot_s):
     """Any path of returns at any pace: the high-water mark a restart would find written is
     never higher than the true one, and lower by at most HWM_TOLERANCE."""
     live = base()
@@ -136,7 +144,7 @@ def test_a_restart_from_the_written_status_loses_at_most_the_tolerance_of_the_hi
         index = b.index * (1 + r)
         live = live.model_copy(update={"clock": now, "risk": live.risk.model_copy(update={"book": b.model_copy(
             update={"index": index, "high_water_mark": max(b.high_water_mark, index)})})})
-        if persist_due(written, live, now, written_at):
+        if persist_due(written, live, now, written_at, slot=timedelta(seconds=slot_s)):
             written, written_at = live, now
         true, restored = live.risk.book.high_water_mark, written.risk.book.high_water_mark
         assert restored <= true
@@ -171,8 +179,8 @@ def test_the_steps_of_a_late_streak_wait_for_the_cadence_its_start_and_end_do_no
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=80))
-def test_a_restart_finds_a_late_streak_shorter_by_at_most_the_cadence_never_longer(gaps):
+@given(st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=80), st.integers(min_value=0, max_value=119))
+def test_a_restart_finds_a_late_streak_shorter_by_at_most_the_cadence_never_longer(gaps, slot_s):
     """Evaluations at any pace (interval 10 s: a gap over 20 s is late): the streak a restart
     would find written is never longer than the true one, and shorter by fewer late
     evaluations than fit in PERSIST_EVERY at more than 2 intervals each."""
@@ -183,7 +191,7 @@ def test_a_restart_finds_a_late_streak_shorter_by_at_most_the_cadence_never_long
         now += timedelta(seconds=gap)
         streak = streak + 1 if gap > 2 * interval else 0
         live = late(live, streak, gap, now)
-        if persist_due(written, live, now, written_at):
+        if persist_due(written, live, now, written_at, slot=timedelta(seconds=slot_s)):
             written, written_at = live, now
         restored = written.metrics.late_streak
         assert restored <= streak
@@ -197,3 +205,21 @@ def test_a_new_error_message_is_written_at_once_when_the_operator_is_on_time():
     refused = old.model_copy(update={"metrics": old.metrics.model_copy(update={
         "last_error": "the pod is refused: exceeded quota"})})
     assert significant(old, refused)
+
+
+def test_bookkeeping_is_written_at_the_strategys_slot_so_a_fleet_started_together_spreads():
+    """Strategies that last wrote at the same moment write their bookkeeping at their own
+    slots of the cadence, spread over it, each within PERSIST_EVERY of its last write."""
+    names = [f"s{i:04d}" for i in range(1000)]
+    slots = [cadence_slot("desk", n) for n in names]
+    buckets = [0] * 12
+    for slot in slots:
+        assert timedelta(0) <= slot < PERSIST_EVERY
+        buckets[int(slot / PERSIST_EVERY * 12)] += 1
+    assert min(buckets) > 50 and max(buckets) < 150, buckets
+    old = base()
+    new = volatile_step(old, 1)
+    for slot in slots[:50]:
+        due_at = [k for k in range(0, 121) if persist_due(old, new, T0 + timedelta(seconds=k), T0, slot=slot)]
+        assert due_at and due_at[0] <= PERSIST_EVERY.total_seconds()
+        assert abs(due_at[0] - slot.total_seconds()) <= 1 or slot.total_seconds() < 1  # at its slot, not at T0 + 120 s
