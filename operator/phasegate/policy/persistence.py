@@ -11,14 +11,13 @@ other writer. So the operator keeps the decided status in memory and writes it
   or failing, the trading day, a high-water mark risen by more than HWM_TOLERANCE, whether
   the operator is late (a late streak starting or ending);
 - otherwise at the strategy's slot of every PERSIST_EVERY (`cadence_slot`: a hash of its
-  name), so that a fleet started together does not write its bookkeeping together: a
-  cadence counted from each strategy's last write keeps the burst of their set-up, every
-  strategy writing within the same few seconds of every PERSIST_EVERY (the scale benchmark's
-  status writes per interval moved between 0.06 and 0.14 with where its window fell), and a
-  halt in those seconds waits behind them at the apiserver. That includes the steps of a late streak: while
-  the operator is behind, every evaluation is late, and a write for each would load the
-  apiserver further for the same news (measured: at 1,000 strategies a fleet late after its
-  set-up wrote status on every evaluation and stayed behind until the lag rule had halted it).
+  name). A cadence counted from each strategy's last write keeps writes that once fell
+  together falling together: a new leader passes every strategy at once (on purpose) and,
+  counting from there, would write all of them within the same seconds of every
+  PERSIST_EVERY, with a halt in those seconds waiting behind them at the apiserver.
+  The steps of a late streak wait too: while the operator is behind, every evaluation is
+  late, and a write for each would load the apiserver further for the same news (measured:
+  at 1,000 strategies a fleet late after its set-up wrote status on every evaluation and stayed behind until the lag rule had halted it).
 
 What a restart (or a failover) can lose is then the volatile part of the last PERSIST_EVERY,
 and all of it errs on the safe side or is recomputed:
