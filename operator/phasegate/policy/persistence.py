@@ -17,7 +17,8 @@ other writer. So the operator keeps the decided status in memory and writes it
   PERSIST_EVERY, with a halt in those seconds waiting behind them at the apiserver.
   The steps of a late streak wait too: while the operator is behind, every evaluation is
   late, and a write for each would load the apiserver further for the same news (measured:
-  at 1,000 strategies a fleet late after its set-up wrote status on every evaluation and stayed behind until the lag rule had halted it).
+  at 1,000 strategies a fleet late after its set-up wrote status on every evaluation and
+  stayed behind until the lag rule had halted it).
 
 What a restart (or a failover) can lose is then the volatile part of the last PERSIST_EVERY,
 and all of it errs on the safe side or is recomputed:
