@@ -466,6 +466,21 @@ def setup_floor(api: client.ApiClient, ns: str, names: list[str], metrics_port: 
         apps.create_namespaced_stateful_set(ns, statefulset(spec, status, Owner(name, ns, created["metadata"]["uid"])))
 
 
+def mirror_status(api: client.ApiClient, op_ns: str, source: str, floor_ns: str, floor_names: list[str]) -> dict[str, int]:
+    """Give the floor's strategies the status of one of the operator's: the condition write
+    the halt starts from, its watch event and its answer cost the apiserver by the object's
+    size, and a floor on objects a tenth the size would time the objects, not the operator."""
+    custom = client.CustomObjectsApi(api)
+    status = custom.get_namespaced_custom_object(G, V, op_ns, P, source).get("status") or {}
+    for name in floor_names:
+        custom.patch_namespaced_custom_object_status(G, V, floor_ns, P, name, {"status": status},
+                                                     _content_type="application/merge-patch+json")
+    sizes = {}
+    for key, (ns, name) in (("operator", (op_ns, source)), ("floor", (floor_ns, floor_names[0]))):
+        sizes[key] = len(json.dumps(custom.get_namespaced_custom_object(G, V, ns, P, name), separators=(",", ":")))
+    return sizes
+
+
 async def timed_halts(kubeconfig: Path, ns: str, names: list[str], timeout: float,
                       stopped: list[str], trips: list[tuple[str, float]]) -> tuple[list[float], list[str]]:
     """halt_latency.measure, except that a halt not seen within `timeout` is recorded as
@@ -825,7 +840,10 @@ def run(s: Settings) -> dict[str, Any]:
 
         log(f"halt latency: {s.halts} CircuitBreakerTripped writes, operator against floor")
         timeout = max(60.0, 6 * s.interval)
+        object_bytes = mirror_status(api, op_ns, names[-1], floor_ns, floor_names)
+        log(f"  strategy objects as JSON: {object_bytes} bytes (the floor's carry the status of {names[-1]})")
         results["halt_latency"] = asyncio.run(halts(kubeconfig, op_ns, floor_ns, names[: s.halts], floor_names, timeout))
+        results["halt_latency"]["object_bytes"] = object_bytes
 
         log(f"breach-to-halt: {s.breaches} strategies served a portfolio value past the drawdown limit")
         targets = {n: ips[n] for n in names[s.halts : s.halts + s.breaches]}
