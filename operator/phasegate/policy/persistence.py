@@ -8,17 +8,19 @@ other writer. So the operator keeps the decided status in memory and writes it
 
 - at once, when anything a person or a restart needs changes: phase, holds, history,
   conditions' status or reason, failure counts, limits unchecked or breaching, gates passing
-  or failing, the trading day, a high-water mark risen by more than HWM_TOLERANCE, whether
-  the operator is late (a late streak starting or ending);
+  or failing, the trading day, a high-water mark risen by more than HWM_TOLERANCE;
 - otherwise at the strategy's slot of every PERSIST_EVERY (`cadence_slot`: a hash of its
   name). A cadence counted from each strategy's last write keeps writes that once fell
   together falling together: a new leader passes every strategy at once (on purpose) and,
   counting from there, would write all of them within the same seconds of every
   PERSIST_EVERY, with a halt in those seconds waiting behind them at the apiserver.
-  The steps of a late streak wait too: while the operator is behind, every evaluation is
-  late, and a write for each would load the apiserver further for the same news (measured:
-  at 1,000 strategies a fleet late after its set-up wrote status on every evaluation and
-  stayed behind until the lag rule had halted it).
+  A late streak waits too, its start and end included (what it decides, a pause or a halt,
+  is a hold and is written at once): while the operator is behind, nearly every evaluation
+  is late, and a write for each, or for each time the lag crosses 2 intervals, would load
+  the apiserver further for the same news (measured: at 1,000 strategies a fleet late after
+  its set-up wrote status on every evaluation and stayed behind until the lag rule had
+  halted it). An operator's own lateness costs at most two writes a strategy, the pause and
+  the halt, over the cadence.
 
 What a restart (or a failover) can lose is then the volatile part of the last PERSIST_EVERY,
 and all of it errs on the safe side or is recomputed:
@@ -31,10 +33,11 @@ and all of it errs on the safe side or is recomputed:
 - the last evaluation time comes back older: the first evaluation by a new process is not
   judged late (rollout._check_evaluation_lag): its gap is the failover, bounded by the Lease
   and alerted on by itself;
-- a late streak comes back shorter by the late evaluations of the last PERSIST_EVERY (at most
-  PERSIST_EVERY / 2 intervals, as each is more than 2 intervals after the one before), never
-  longer: a pause or halt for lateness can come that much later after a restart, as the
-  first evaluation after a restart is not judged late at all. Lateness is the operator's
+- a late streak comes back as it was less than PERSIST_EVERY ago: shorter by fewer late
+  evaluations than fit in PERSIST_EVERY (each more than 2 intervals after the one before),
+  so a pause or halt for lateness can come that much later after a restart, as the first
+  evaluation after a restart is not judged late at all; or longer, if it ended since, so
+  the pause or halt comes sooner, and the first evaluation on time ends it again. Lateness is the operator's
   own health, not the strategy's: `phasegate_evaluation_lag_seconds` and its alerts report
   it from the first late evaluation. Failed reads and unchecked limits are counted at once.
 """
@@ -98,9 +101,9 @@ def stable(status: StrategyStatus) -> Stable:
     metrics_form = _blanked(metrics, {
         "last_success_at": None, "last_attempt_at": None, "last_read_id": "", "last_evaluated_at": None,
         "phase_pod_read_at": read_at,
-        # Late or not is news; how late (the streak's length, the gap in its message) waits.
-        # A failed read changes consecutive_errors, written at once with its own message.
-        "late_streak": metrics.late_streak > 0,
+        # Lateness waits: what it decides (a pause, a halt) is a hold, written at once. A failed
+        # read changes consecutive_errors, written at once with its own message.
+        "late_streak": 0,
         "last_error": "" if metrics.late_streak and not metrics.consecutive_errors else metrics.last_error,
     })
     return _blanked(status, {
