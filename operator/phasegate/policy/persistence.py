@@ -37,9 +37,10 @@ and all of it errs on the safe side or is recomputed:
   evaluations than fit in PERSIST_EVERY (each more than 2 intervals after the one before),
   so a pause or halt for lateness can come that much later after a restart, as the first
   evaluation after a restart is not judged late at all; or longer, if it ended since, so
-  the pause or halt comes sooner, and the first evaluation on time ends it again. Lateness is the operator's
-  own health, not the strategy's: `phasegate_evaluation_lag_seconds` and its alerts report
-  it from the first late evaluation. Failed reads and unchecked limits are counted at once.
+  the pause or halt comes sooner, and the first evaluation on time ends it again. Lateness
+  is the operator's own health, not the strategy's: `phasegate_evaluation_lag_seconds` and
+  its alerts report it from the first late evaluation. Failed reads and unchecked limits
+  are counted at once.
 """
 
 from __future__ import annotations
