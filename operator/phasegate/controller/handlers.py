@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -29,6 +28,7 @@ import kopf
 
 from phasegate.api import StrategySpec, contract
 from phasegate.api.observations import Observation
+from phasegate.policy.timing import spread
 
 from . import cache, telemetry
 from .fresh import FreshBodies
@@ -162,7 +162,7 @@ def first_tick_offset(namespace: str, name: str, interval: float) -> float:
     """Where in its interval a strategy's first evaluation falls: spread by a hash of its name,
     so that thousands of strategies do not all come due when the operator starts. (On a
     takeover they are due at once, on purpose: the slots bound the rush.)"""
-    return (zlib.crc32(f"{namespace}/{name}".encode()) % 10_000) / 10_000 * interval
+    return spread(namespace, name) * interval
 
 
 @kopf.index("v1", "pods", labels=POD_LABELS)

@@ -45,7 +45,6 @@ and all of it errs on the safe side or is recomputed:
 
 from __future__ import annotations
 
-import zlib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Optional
@@ -53,6 +52,7 @@ from typing import Any, Optional
 from pydantic import BaseModel
 
 from phasegate.api.status import StrategyStatus
+from phasegate.policy.timing import spread
 
 # 12 intervals at 10 s: at most 0.1 bookkeeping writes per strategy per interval there, and a
 # restart loses two minutes of bookkeeping at most (see above: all of it on the safe side).
@@ -139,7 +139,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def cadence_slot(namespace: str, name: str) -> timedelta:
     """Where in every PERSIST_EVERY a strategy's bookkeeping is written: spread by its name."""
-    return PERSIST_EVERY * ((zlib.crc32(f"{namespace}/{name}".encode()) % 10_000) / 10_000)
+    return PERSIST_EVERY * spread(namespace, name)
 
 
 def _slots_by(at: datetime, slot: timedelta) -> int:
