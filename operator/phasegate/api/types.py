@@ -29,6 +29,8 @@ def to_decimal(value: Any, *, what: str = "value") -> Decimal:
     """A finite Decimal from a Decimal, int, str or float; floats via their shortest repr,
     so that 0.1 stays 0.1 rather than its binary approximation. The one parser of numbers
     for the operator, the metrics sources and the strategy SDK."""
+    if type(value) is Decimal and value.is_finite():  # nearly every call, on every read
+        return value
     if isinstance(value, bool):
         raise ValueError(f"{what}: expected a number, got a boolean")
     if isinstance(value, float):

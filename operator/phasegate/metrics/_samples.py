@@ -48,6 +48,25 @@ def _total(vals: list[Decimal]) -> Decimal:
     return sum(vals, Decimal(0))
 
 
+# Bucket bounds as read from `le`: a handful of strings, the same on every read of every pod.
+_BOUNDS: dict[str, Optional[Decimal]] = {}
+_BOUNDS_MAX = 4096
+
+
+def _bound(le: str) -> Optional[Decimal]:
+    if le in _BOUNDS:
+        return _BOUNDS[le]
+    try:
+        bound: Optional[Decimal] = Decimal(le.replace("+Inf", "Infinity"))
+    except ArithmeticError:
+        bound = None
+    if bound is not None and bound.is_nan():
+        bound = None
+    if len(_BOUNDS) < _BOUNDS_MAX:
+        _BOUNDS[le] = bound
+    return bound
+
+
 def build_snapshot(series: SeriesByName, taken_at: datetime) -> MetricsSnapshot:
     """The snapshot these series describe; MetricsUnavailable without a single portfolio value."""
     pv = _values(series, c.M_PORTFOLIO_VALUE)
@@ -73,11 +92,8 @@ def build_snapshot(series: SeriesByName, taken_at: datetime) -> MetricsSnapshot:
             le = labels.get("le")
             if le is None or not v.is_finite():
                 continue
-            try:
-                bound = Decimal(le.replace("+Inf", "Infinity"))
-            except ArithmeticError:
-                continue
-            if bound.is_nan():
+            bound = _bound(le)
+            if bound is None:
                 continue
             buckets[bound] = buckets.get(bound, Decimal(0)) + v
         latency = Histogram(buckets=buckets, sum=h_sum, count=h_count)

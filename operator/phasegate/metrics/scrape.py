@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional
 
-from ._samples import build_snapshot, group
-from .exposition import ExpositionError, samples
+from ._samples import build_snapshot
+from .exposition import ExpositionError, series
 from .httpclient import HttpClient
 from .snapshot import MetricsSnapshot, MetricsUnavailable
 from .source import ScrapeTarget
@@ -24,12 +24,12 @@ def parse_exposition(text: str, now: datetime) -> MetricsSnapshot:
     if not text.strip():
         raise MetricsUnavailable("empty exposition")
     try:
-        series = group(samples(text))
+        by_name = series(text)
     except ExpositionError as exc:
         raise MetricsUnavailable(f"cannot parse exposition: {exc}") from exc
-    if not series:
+    if not by_name:
         raise MetricsUnavailable("exposition has no samples")
-    return build_snapshot(series, now)
+    return build_snapshot(by_name, now)
 
 
 class ScrapeSource:

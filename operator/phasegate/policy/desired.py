@@ -9,13 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Optional
+from typing import Optional, Protocol
 
 from phasegate.api.observations import ChildrenObservation
 from phasegate.api.spec import Mode, StrategySpec
-from phasegate.api.status import STOPPING_HOLDS, HoldKind, StrategyStatus
+from phasegate.api.status import STOPPING_HOLDS, BacktestResult, Hold, HoldKind
+
+
+class Decided(Protocol):
+    """What the children are made from: a StrategyStatus, or the decision's draft of one."""
+
+    @property
+    def phase(self) -> str: ...
+    @property
+    def capital_fraction(self) -> Decimal: ...
+    @property
+    def capital(self) -> Optional[Decimal]: ...
+    @property
+    def holds(self) -> Sequence[Hold]: ...
+    @property
+    def backtest(self) -> Optional[BacktestResult]: ...
 
 
 @dataclass(frozen=True)
@@ -26,7 +42,7 @@ class Desired:
     flatten_job: Optional[str]  # emergency id of the flatten Job that must exist
 
 
-def pod_runs(spec: StrategySpec, status: StrategyStatus) -> bool:
+def pod_runs(spec: StrategySpec, status: Decided) -> bool:
     """Never while a halt, an emergency or a failure holds it, nor in a backtest phase."""
     if not status.phase or any(h.kind in STOPPING_HOLDS or h.kind is HoldKind.FAILED for h in status.holds):
         return False
@@ -34,13 +50,35 @@ def pod_runs(spec: StrategySpec, status: StrategyStatus) -> bool:
     return phase is not None and phase.mode is not Mode.BACKTEST
 
 
-def desired_key(spec: StrategySpec, status: StrategyStatus) -> str:
-    phase = spec.phase_named(status.phase)
+# desired_key by (spec object, rung): the same for every pass at a rung, and a tenth of a pass.
+# Keyed by the spec's identity, checked against the spec kept with the entry (which keeps
+# that identity from being reused while the entry lives).
+_KEYS: dict[tuple[int, str, str, str], tuple[StrategySpec, str]] = {}
+_KEYS_MAX = 65536
+
+
+def desired_key(spec: StrategySpec, status: Decided) -> str:
+    """Digest of everything the strategy pod is built from at this rung: a change rolls it."""
+    fraction = str(status.capital_fraction)
+    capital = str(status.capital if status.capital is not None else Decimal(0))
+    cache_key = (id(spec), status.phase, fraction, capital)
+    hit = _KEYS.get(cache_key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    key = _digest(spec, status.phase, fraction, capital)
+    if len(_KEYS) >= _KEYS_MAX:
+        _KEYS.clear()
+    _KEYS[cache_key] = (spec, key)
+    return key
+
+
+def _digest(spec: StrategySpec, phase_name: str, fraction: str, capital: str) -> str:
+    phase = spec.phase_named(phase_name)
     body = {
-        "phase": status.phase,
+        "phase": phase_name,
         "mode": phase.mode.value if phase else "",
-        "fraction": str(status.capital_fraction),
-        "capital": str(status.capital if status.capital is not None else Decimal(0)),
+        "fraction": fraction,
+        "capital": capital,
         "account": spec.account,
         "template": spec.template.wire(),
         "grace": spec.termination_grace_period,
@@ -51,7 +89,7 @@ def desired_key(spec: StrategySpec, status: StrategyStatus) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def desired_for(spec: StrategySpec, status: StrategyStatus, flatten: Optional[str]) -> Desired:
+def desired_for(spec: StrategySpec, status: Decided, flatten: Optional[str]) -> Desired:
     phase = spec.phase_named(status.phase)
     in_backtest = phase is not None and phase.mode is Mode.BACKTEST
     failed = any(h.kind is HoldKind.FAILED for h in status.holds)
@@ -88,4 +126,4 @@ def needs_apply(desired: Desired, seen: Optional[ChildrenObservation]) -> bool:
     if seen is None or not seen.statefulset or seen.replicas != desired.replicas:
         return True
     return desired.replicas == 1 and seen.desired_key != desired.key
-__all__ = ["Desired", "desired_for", "desired_key", "mismatch", "needs_apply", "pod_runs"]
+__all__ = ["Decided", "Desired", "desired_for", "desired_key", "mismatch", "needs_apply", "pod_runs"]

@@ -45,6 +45,8 @@ and all of it errs on the safe side or is recomputed:
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Optional
@@ -70,19 +72,24 @@ INDEX_MOVE = Decimal("0.005")
 Stable = tuple[Any, ...]
 
 
-# Field names of each model class, in order and as a set: asked on every pass.
-_FIELDS: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
+# Per model class: a getter of all its fields at once (in C) and each field's position.
+_FIELDS: dict[type, tuple[Callable[[Any], tuple[Any, ...]], dict[str, int]]] = {}
 
 
 def _blanked(model: BaseModel, blank: dict[str, Any]) -> Stable:
-    """Every field of `model` in order, those named in `blank` replaced by the value given."""
+    """Every field of `model` in order, those named in `blank` replaced by the value given
+    (a name that is not a field of the model is a KeyError)."""
     known = _FIELDS.get(type(model))
     if known is None:
         names = tuple(type(model).model_fields)
-        known = _FIELDS[type(model)] = (names, frozenset(names))
-    names, name_set = known
-    assert blank.keys() <= name_set, f"not fields of {type(model).__name__}: {blank.keys()}"
-    return tuple(blank[f] if f in blank else getattr(model, f) for f in names)
+        getter = operator.attrgetter(*names)
+        known = _FIELDS[type(model)] = ((lambda m: (getter(m),)) if len(names) == 1 else getter,
+                                        {n: i for i, n in enumerate(names)})
+    get, position = known
+    values = list(get(model))
+    for name, value in blank.items():
+        values[position[name]] = value
+    return tuple(values)
 
 
 def stable(status: StrategyStatus) -> Stable:

@@ -741,9 +741,8 @@ def _finish(d: Draft, obs: Observation, spec_error: Optional[str]) -> Decision:
     conds.set(ConditionType.PROGRESSING, progressing, "Climbing" if progressing else reason, d.message)
 
     desired: Optional[Desired] = None
-    status = d.to_status()
     if phase is not None:
-        desired = desired_for(d.spec, status, d.emergency.id if d.emergency is not None and flatten_wanted(d.emergency) else None)
+        desired = desired_for(d.spec, d, d.emergency.id if d.emergency is not None and flatten_wanted(d.emergency) else None)
         why = mismatch(desired, obs.children)
         if obs.children is None:
             conds.set(ConditionType.ACTUATED, None, "NotObserved", "the children were not observed")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from phasegate.metrics.exposition import ExpositionError, read_line, samples
+from phasegate.metrics.exposition import ExpositionError, read_line, samples, series
 
 label_values = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 numbers = st.floats(allow_nan=True, allow_infinity=True, width=64)
@@ -127,4 +127,51 @@ def test_the_fast_reading_agrees_with_the_full_one(raw: str) -> None:
     if isinstance(full, tuple) and full and full[0] == "error":
         assert isinstance(fast, tuple) and fast[0] == "error", (line, fast, full)
     else:
-        assert fast == full, line
+        assert repr(fast) == repr(full), line  # as text: a NaN (NaN1 too) is not equal to itself
+
+
+def _grouped(text: str) -> object:
+    try:
+        out: dict[str, list[object]] = {}
+        for name, labels, value in samples(text):
+            out.setdefault(name, []).append((labels, value))
+        return out
+    except ExpositionError as exc:
+        return ("error", str(exc))
+
+
+def _one_pass(text: str) -> object:
+    try:
+        return series(text)
+    except ExpositionError as exc:
+        return ("error", str(exc))
+
+
+def _same(a: object, b: object) -> bool:
+    # NaN is not equal to itself: compare the values as text.
+    return repr(a) == repr(b)
+
+
+# Whole texts of such lines, comments, blank lines and line ends of every kind: the one-pass
+# reading of a text must give what the line-by-line one gives (or the same error).
+_LINES = st.one_of(st.lists(_PIECES, min_size=1, max_size=7).map("".join),
+                   st.sampled_from(["", "#", "# TYPE a gauge", " # x", "\r", "a 1", 'a{le="1"} 2', "b_total 3"]))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_LINES, max_size=8), st.sampled_from(["\n", "\r\n", "\n\n"]), st.booleans(), st.booleans())
+@example(["", "", "", "a 1"], "\n", False, False)  # a run of blank lines: counted short, read in full
+@example(["#", "a 1 2"], "\n", True, False)  # a timestamp: not the one-pass shape
+@example(['a{x="1",x="2"} 1'], "\n", False, False)  # a label twice
+@example(["a sNaN"], "\n", False, False)
+@example(["a 1", "a oops"], "\n", True, False)
+def test_the_one_pass_reading_agrees_with_the_line_by_line_one(lines: list[str], end: str, trailing: bool,
+                                                              leading: bool) -> None:
+    text = ("\n" if leading else "") + end.join(lines) + (end if trailing else "")
+    one, full = _one_pass(text), _grouped(text)
+    assert _same(one, full), (text, one, full)
+
+
+def test_a_bad_line_after_good_ones_is_named_by_the_one_pass_reading_too() -> None:
+    with pytest.raises(ExpositionError, match="line 3"):
+        series("# TYPE a gauge\na 1\na{x=1} 2\n")
