@@ -38,6 +38,7 @@ from typing import Any, Optional
 from phasegate.api import StrategySpec, contract
 from phasegate.controller import telemetry
 from phasegate.controller.cache import PodView, StatefulSetView
+from phasegate.controller.lean_bodies import STATUS_ELIDED
 from phasegate.controller.reconcile import Memo, Reconciler
 from phasegate.metrics import make_source
 from phasegate.metrics.httpclient import HttpClient
@@ -123,10 +124,13 @@ class Strategy:
                            notes={k: v for k, v in notes.items() if k.startswith("phasegate.dev/")})
 
     def echo(self) -> None:
-        """What kopf hands the next pass: the object at the resourceVersion of our last write."""
-        if self.memo.persisted_rv:
-            self.body["metadata"]["resourceVersion"] = self.memo.persisted_rv
-            self.body["status"] = self.memo.persisted_wire
+        """What kopf hands the next pass: the object at the resourceVersion of our last write,
+        its status elided as controller/lean_bodies.py does to our own write echoed back."""
+        rv = self.memo.persisted_rv
+        if rv and self.body["metadata"]["resourceVersion"] != rv:
+            self.body["metadata"]["resourceVersion"] = rv
+            self.body.pop("status", None)
+            self.body[STATUS_ELIDED] = rv
 
 
 def _memory_top(before: tracemalloc.Snapshot, n: int, top: int = 25) -> str:

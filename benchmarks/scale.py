@@ -4,7 +4,8 @@ What it measures, in one run on the local control plane (started if needed; left
 
 1. baseline: the apiserver's request counters over a quiet window before the operator starts;
 2. reconcile: the time from the first create (N in parallel, bounded) until every strategy
-   has its StatefulSet at the rung's replicas and `status.phase` shows the rung;
+   has its StatefulSet at the rung's replicas, `status.phase` shows the rung and kopf's
+   finalizer is on it;
 3. steady state, over BENCH_SCALE_WINDOW intervals (>= 3) in which the benchmark sends the
    apiserver nothing: operator RSS and CPU from /proc; requests per strategy per interval
    by verb and resource (apiserver_request_total, baseline rate subtracted); status writes
@@ -418,16 +419,19 @@ def create_all(api: client.ApiClient, ns: str, bodies: list[dict[str, Any]], par
         list(pool.map(create, bodies))
 
 
-def reconciled(api: client.ApiClient, ns: str, n: int) -> tuple[int, int]:
-    """(strategies whose StatefulSet has the rung's replicas, of those also showing the phase)."""
+KOPF_FINALIZER = "phasegate.dev/kopf-finalizer"
+
+
+def reconciled(api: client.ApiClient, ns: str, n: int) -> tuple[int, int, int]:
+    """(strategies whose StatefulSet has the rung's replicas, of those also showing the phase,
+    of all also carrying kopf's finalizer: until then kopf patches them, and its patches are
+    events it processes in full, which would fall into the steady-state window)."""
     apps, custom = client.AppsV1Api(api), client.CustomObjectsApi(api)
     sts = {s.metadata.name for s in apps.list_namespaced_stateful_set(ns).items if s.spec.replicas == 1}
-    phase = {
-        o["metadata"]["name"]
-        for o in custom.list_namespaced_custom_object(G, V, ns, P)["items"]
-        if (o.get("status") or {}).get("phase") == RUNG["name"]
-    }
-    return len(sts), len(sts & phase)
+    items = custom.list_namespaced_custom_object(G, V, ns, P)["items"]
+    phase = {o["metadata"]["name"] for o in items if (o.get("status") or {}).get("phase") == RUNG["name"]}
+    final = {o["metadata"]["name"] for o in items if KOPF_FINALIZER in (o["metadata"].get("finalizers") or [])}
+    return len(sts), len(sts & phase), len(sts & phase & final)
 
 
 def pod_ips(api: client.ApiClient, ns: str) -> dict[str, str]:
@@ -803,9 +807,10 @@ def run(s: Settings) -> dict[str, Any]:
         last = [0.0]
 
         def all_reconciled() -> bool:
-            with_sts, done = reconciled(api, op_ns, s.n)
+            with_sts, at_rung, done = reconciled(api, op_ns, s.n)
             if time.monotonic() - last[0] > 15:
-                log(f"  {with_sts}/{s.n} StatefulSets at 1 replica, {done}/{s.n} also at phase {RUNG['name']}")
+                log(f"  {with_sts}/{s.n} StatefulSets at 1 replica, {at_rung}/{s.n} also at phase {RUNG['name']}, "
+                    f"{done}/{s.n} also with kopf's finalizer")
                 last[0] = time.monotonic()
             return done == s.n
 

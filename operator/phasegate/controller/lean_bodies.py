@@ -16,7 +16,9 @@ kopf sees it:
   resourceVersion it replaced), so kopf has nothing to do for it: no index covers
   strategies, the diff base leaves status out, daemons already run, and our event handler
   ignores its own writes. Every other event, a foreign status write included, takes kopf's
-  whole path.
+  whole path; so does an echo while kopf has a patch of its own left to retry (its finalizer,
+  whose JSON patch is conditional on the resourceVersion and loses the race with our first
+  write): kopf retries it only on an event it processes.
 - A strategy this replica does not act on (a shard another replica holds, or every strategy
   while this one stands by for the leader) is kept *elided*: its metadata only, spec and
   status dropped, and the key ELIDED in their place: a replica does not keep the spec and
@@ -106,6 +108,12 @@ async def absorb(raw_event: Any, kwargs: dict[str, Any]) -> bool:
     if not _own_echo(obj):
         return False
     memory = await memories.recall(obj, memobase=kwargs.get("memobase"))
+    if getattr(memory, "remaining_patch", None):
+        # kopf has a patch of its own to retry (its finalizer, JSON-patched against the
+        # resourceVersion it had seen, which our write raced): it retries on the next event it
+        # processes. Absorbed, our echoes left a fifth of the strategies of a set-up without
+        # kopf's finalizer until someone else wrote, and each such write then retried it.
+        return False
     live = getattr(getattr(memory, "daemons_memory", None), "live_fresh_body", None)
     if live is None or not hasattr(live, "_replace_with"):
         return False  # no daemon keeps this body (or kopf changed): kopf's own path

@@ -305,15 +305,20 @@ class Reconciler:
         self._export(ns, name, new, spec)
         # The children are made to match at once: a halt's scale-down never waits for its
         # Events (they are posted meanwhile; the watermark in status makes a lost one reposted).
-        actuating = asyncio.ensure_future(self._actuate(
+        actuation = self._actuate(
             owner, spec, new, decision, obs, network_policy=network_policy,
             spec_changed=status.observed_generation != meta.get("generation"), scaled_down=stopping is not None,
             decided_at=meta.get("resourceVersion"),
-        ))
-        try:
-            await self._post_events(owner, memo, now)
-        finally:
-            await actuating
+        )
+        pending = self._unposted(memo)
+        if pending:
+            actuating = asyncio.ensure_future(actuation)
+            try:
+                await self._post_events(owner, memo, now, pending)
+            finally:
+                await actuating
+        else:
+            await actuation  # nearly every pass: no Event to post, no task to make
         await self._answer_sentinel_note(owner, new, obs)
         if read_metrics:
             memo.evaluations += 1
@@ -361,14 +366,18 @@ class Reconciler:
         if conds != status.conditions:
             await self._write_status(ns, name, memo, status.model_copy(update={"conditions": conds}), base_rv, now)
 
-    async def _post_events(self, owner: Owner, memo: Memo, now: datetime) -> None:
+    @staticmethod
+    def _unposted(memo: Memo) -> list[HistoryEntry]:
+        written = memo.persisted
+        if written is None:
+            return []
+        return [e for e in written.history if e.seq > written.events_posted_seq]
+
+    async def _post_events(self, owner: Owner, memo: Memo, now: datetime, pending: list[HistoryEntry]) -> None:
         """Events for every written history entry past the watermark kept in status: a kill
         between the status write and the Event loses none, and none is posted twice."""
         written = memo.persisted
-        if written is None:
-            return
-        pending = [e for e in written.history if e.seq > written.events_posted_seq]
-        if not pending:
+        if written is None or not pending:
             return
         await asyncio.gather(*(self._event(owner, e) for e in pending))
         seq, base_rv = pending[-1].seq, memo.persisted_rv
@@ -467,9 +476,9 @@ class Reconciler:
 
     @staticmethod
     def _export(ns: str, name: str, status: StrategyStatus, spec: StrategySpec) -> None:
-        telemetry.STRATEGY_FRACTION.labels(ns, name).set(float(status.capital_fraction))
-        telemetry.STRATEGY_HALTED.labels(ns, name).set(1 if any(h.kind in STOPPING_HOLDS for h in status.holds) else 0)
-        telemetry.set_phase(ns, name, status.phase, status.state.value, status.phase_index)
+        telemetry.export_strategy(ns, name, float(status.capital_fraction),
+                                  any(h.kind in STOPPING_HOLDS for h in status.holds), status.phase,
+                                  status.state.value, status.phase_index)
 
     async def _event(self, owner: Owner, entry: HistoryEntry) -> None:
         warning = entry.action.value in ("halt", "reduce", "pause", "fail", "emergency", "spec-invalid", "pod-refused")

@@ -36,6 +36,9 @@ class ConditionSet:
         self.given = list(conditions)
         self.now, self.generation = now, generation
         self._set: dict[str, Condition] = {}
+        self._by_type: dict[str, list[Condition]] = {}
+        for c in self.given:
+            self._by_type.setdefault(c.type, []).append(c)
 
     def set(self, ctype: ConditionType, status: bool | None, reason: str, message: str) -> ConditionSet:
         text = "Unknown" if status is None else ("True" if status else "False")
@@ -43,7 +46,7 @@ class ConditionSet:
         old = self._set.get(t)
         single = True
         if old is None:
-            same = [c for c in self.given if c.type == t]
+            same = self._by_type.get(t) or []
             old, single = (same[0] if same else None), len(same) == 1
         unchanged = (old is not None and single and old.status == text and old.reason == reason
                      and old.message == message and old.observed_generation == self.generation)

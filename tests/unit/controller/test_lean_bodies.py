@@ -4,12 +4,15 @@ status writes echoed back update kopf's copy without going through kopf again.""
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 import pytest
+from kopf._cogs.structs.finalizers import block_deletion
+from kopf._cogs.structs.patches import Patch
 from kopf._core.reactor import processing, running
 from kopf._core.reactor.inventory import ResourceMemories
 
@@ -142,6 +145,19 @@ def test_an_echo_kopf_cannot_compare_with_what_it_holds_takes_its_path(monkeypat
     h = Harness(monkeypatch)
     h.memory.daemons_memory.live_fresh_body = kopf.Body(strategy("9", {"phase": "paper"}, generation=2))
     assert h.deliver("MODIFIED", strategy("11", {"phase": "live-35"})) == "kopf"
+
+
+def test_an_echo_while_kopf_has_a_patch_to_retry_takes_its_path(monkeypatch):
+    """kopf's finalizer is a JSON patch conditional on the resourceVersion it saw; our first
+    write races it, and kopf keeps what failed to retry on the next event it processes."""
+    h = Harness(monkeypatch)
+    h.memory.remaining_patch = Patch(fns=[functools.partial(block_deletion, finalizer="phasegate.dev/kopf-finalizer")])
+    assert h.deliver("MODIFIED", strategy("11", {"phase": "live-35"})) == "kopf"
+    h.memory.remaining_patch = None  # kopf's retry went through
+    nxt = {"phase": "live-65"}
+    h.loop.memo.wrote(StrategyStatus.model_validate(nxt), nxt, "11", "12", NOW)
+    h.memory.daemons_memory.live_fresh_body._replace_with(strategy("11", {"phase": "live-35"}))
+    assert h.deliver("MODIFIED", strategy("12", {"phase": "live-65"})) is None
 
 
 def test_consecutive_own_writes_are_each_absorbed(monkeypatch):
