@@ -14,17 +14,12 @@ finalizer within a few intervals of being reconciled.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import plans  # noqa: E402  (tests/support)
-
 from .strategy_env import Strategies, install_crd, start_operator, wait_for
-from .test_shards_e2e import free_port, kwok_strategy, list_strategies
+from .test_shards_e2e import kwok_strategy, list_strategies, metrics_for_every_pod
 
 N = 80
 KOPF_FINALIZER = "phasegate.dev/kopf-finalizer"
@@ -34,12 +29,7 @@ KOPF_FINALIZER = "phasegate.dev/kopf-finalizer"
 def test_every_strategy_gets_kopfs_finalizer(k8s, kubeconfig, namespace, tmp_path):
     install_crd(k8s)
     ts = Strategies(k8s, namespace)
-    port = free_port()
-    metrics = subprocess.Popen(
-        [sys.executable, plans.FAKE_STRATEGY],
-        env={**os.environ, "PHASEGATE_POD_IP": "0.0.0.0", "PHASEGATE_METRICS_PORT": str(port), "FAKE_TICK_SECONDS": "1"},
-        stdout=open(tmp_path / "metrics.log", "w"), stderr=subprocess.STDOUT,
-    )
+    metrics, port = metrics_for_every_pod(tmp_path)
     op = start_operator(kubeconfig, namespace, tmp_path / "op")
     try:
         with ThreadPoolExecutor(8) as pool:

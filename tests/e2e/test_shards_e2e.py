@@ -130,16 +130,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.timeout(900)
-def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(k8s, kubeconfig, namespace, tmp_path):
-    install_crd(k8s)
-    ts = Strategies(k8s, namespace)
+def metrics_for_every_pod(tmp_path) -> tuple[subprocess.Popen, int]:
+    """One fake strategy process answering the metrics port of every kwok pod's address."""
     port = free_port()
     metrics = subprocess.Popen(
         [sys.executable, plans.FAKE_STRATEGY],
         env={**os.environ, "PHASEGATE_POD_IP": "0.0.0.0", "PHASEGATE_METRICS_PORT": str(port), "FAKE_TICK_SECONDS": "1"},
         stdout=open(tmp_path / "metrics.log", "w"), stderr=subprocess.STDOUT,
     )
+    return metrics, port
+
+
+@pytest.mark.timeout(900)
+def test_three_replicas_split_the_strategies_and_take_over_a_killed_ones_shards(k8s, kubeconfig, namespace, tmp_path):
+    install_crd(k8s)
+    ts = Strategies(k8s, namespace)
+    metrics, port = metrics_for_every_pod(tmp_path)
     ops = [start_operator(kubeconfig, namespace, tmp_path / f"op{i}", env=ENV) for i in range(REPLICAS)]
     try:
         ids = {identity(o) for o in ops}
