@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -51,9 +52,9 @@ def pod_runs(spec: StrategySpec, status: Decided) -> bool:
 
 
 # desired_key by (spec object, rung): the same for every pass at a rung, and a tenth of a pass.
-# Keyed by the spec's identity, checked against the spec kept with the entry (which keeps
-# that identity from being reused while the entry lives).
-_KEYS: dict[tuple[int, str, str, str], tuple[StrategySpec, str]] = {}
+# Keyed by the spec's identity and checked against a weak reference to the spec, so that an
+# entry neither keeps a replaced spec alive nor answers for another object given its id.
+_KEYS: dict[tuple[int, str, str, str], tuple[weakref.ref[StrategySpec], str]] = {}
 _KEYS_MAX = 65536
 
 
@@ -63,12 +64,12 @@ def desired_key(spec: StrategySpec, status: Decided) -> str:
     capital = str(status.capital if status.capital is not None else Decimal(0))
     cache_key = (id(spec), status.phase, fraction, capital)
     hit = _KEYS.get(cache_key)
-    if hit is not None and hit[0] is spec:
+    if hit is not None and hit[0]() is spec:
         return hit[1]
     key = _digest(spec, status.phase, fraction, capital)
     if len(_KEYS) >= _KEYS_MAX:
         _KEYS.clear()
-    _KEYS[cache_key] = (spec, key)
+    _KEYS[cache_key] = (weakref.ref(spec), key)
     return key
 
 
