@@ -10,9 +10,10 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import plans
 from phasegate.api import StrategySpec, StrategyStatus
 from phasegate.policy import desired
+
+import plans
 
 PHASES = [{"name": "paper", "mode": "paper"}, {"name": "live-10", "mode": "live", "fraction": 0.1},
           {"name": "live-35", "mode": "live", "fraction": 0.35}]
@@ -45,17 +46,14 @@ def test_the_memo_answers_what_the_digest_says(asks):
 
 
 def test_a_new_spec_at_a_reused_address_is_not_answered_for_by_the_old_one():
-    old = spec("a:1")
     rung = status("live-10", "0.1", "100000")
-    old_key = desired.desired_key(old, rung)
-    keys = {}
-    for i in range(200):  # some of these land where `old` was, once it is gone
-        del old
+    held = [spec("a:1")]
+    old_key = desired.desired_key(held[0], rung)
+    for i in range(200):  # some of these land where the one before was, once it is gone
+        held.clear()
         gc.collect()
-        new = spec(f"c:{i}")
-        keys[id(new)] = desired.desired_key(new, rung)
-        assert keys[id(new)] == uncached(new, rung) != old_key
-        old = new
+        held.append(spec(f"c:{i}"))
+        assert desired.desired_key(held[0], rung) == uncached(held[0], rung) != old_key
 
 
 def test_the_memo_keeps_no_spec_alive():
