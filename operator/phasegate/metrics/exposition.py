@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
+from typing import Optional
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\\n]|\\.)*)"[ \t]*(,|\})')
@@ -91,12 +92,20 @@ def samples(text: str) -> Iterator[Sample]:
         fast = _FAST.fullmatch(line)
         if fast is not None:
             name, inner, token = fast.groups()
-            pairs = _PAIR.findall(inner) if inner else []
-            labels = dict(pairs)
-            if len(labels) == len(pairs):  # a label given twice: the full reading says so
+            labels = _fast_labels(inner)
+            if labels is not None:  # a label given twice: the full reading says so
                 yield name, labels, _value(token, line, lineno)
                 continue
         yield read_line(line, lineno)
+
+
+def _fast_labels(inner: str) -> Optional[dict[str, str]]:
+    """The labels inside the braces of a line `_FAST` matched; None when one is given twice."""
+    if not inner:
+        return {}
+    pairs = _PAIR.findall(inner)
+    labels = dict(pairs)
+    return labels if len(labels) == len(pairs) else None
 
 
 Series = dict[str, list[tuple[dict[str, str], Decimal]]]
@@ -123,23 +132,14 @@ def series(text: str) -> Series:
     out: Series = {}
     found = _FAST_LINES.findall(text)
     if len(found) + _plain_lines(text) == text.count("\n") + 1:
-        special = _SPECIAL
         for name, inner, token in found:
-            if inner:
-                pairs = _PAIR.findall(inner)
-                labels = dict(pairs)
-                if len(labels) != len(pairs):
-                    break
-            else:
-                labels = {}
-            value = special.get(token)
-            if value is None:
-                try:
-                    value = Decimal(token)
-                except InvalidOperation:
-                    break
-                if value.is_snan():
-                    break
+            labels = _fast_labels(inner)
+            if labels is None:
+                break
+            try:
+                value = _value(token, "", 0)
+            except ExpositionError:  # the line-by-line reading names the line
+                break
             entry = out.get(name)
             if entry is None:
                 out[name] = [(labels, value)]
