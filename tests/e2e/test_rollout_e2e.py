@@ -7,6 +7,7 @@ node), serving metrics the operator scrapes; the durations are compressed to sec
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from decimal import Decimal
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from phasegate.api.contract import ANNOTATION_SENTINEL_STOP as SENTINEL_STOP
+from phasegate.controller import priority
 from phasegate.policy.external import sentinel_stop
 
 import plans  # noqa: E402  (tests/support, put on sys.path by strategy_env)
@@ -127,6 +129,12 @@ def test_breaker_condition_halts_and_the_halt_survives_restart_reapply_and_scali
     # The halt sentinel stopped the pod first, from its own process; the pass wrote the halt.
     stopped = [json.loads(line) for line in op.log_path.read_text().splitlines() if "halt sentinel: the pod is stopped" in line]
     assert [(e["strategy"], e["condition"]) for e in stopped] == [("halter", "CircuitBreakerTripped")], stopped
+    # The loop's thread gave way to the halt path; the sentinel's process kept the priority
+    # the operator was started with (the test's own).
+    spawned = [json.loads(line) for line in op.log_path.read_text().splitlines() if "halt sentinel: process started" in line]
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, op.proc.pid) == min(priority.MAX, base + priority.loop_niceness())
+    assert os.getpriority(os.PRIO_PROCESS, spawned[-1]["pid"]) == base
     # Its note on the StatefulSet is removed once the halt answering it is written.
     wait_for(lambda: SENTINEL_STOP not in (ts.apps.read_namespaced_stateful_set("halter", namespace).metadata.annotations
                                            or {}), 10, "the sentinel's note removed")

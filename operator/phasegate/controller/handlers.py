@@ -99,13 +99,33 @@ def standing_by(namespace: str, name: str) -> bool:
 STANDBY_POLL = 5.0  # a standby's loops are woken when it starts leading; this is only a backstop
 WATCHDOG_INTERVALS = 3.0
 URGENT_LATE = 1.0  # seconds from someone's change to the end of the pass acting on it: worth a warning
-# Evaluations may come due on a grid of this many seconds (default 0: off): those of
-# neighbouring strategies then fire in one turn of the event loop and their scrape answers
-# are read in one wake-up. At a thousand strategies a 0.1 s grid saved about a tenth of the
-# operator's CPU, but halts measured slower (p99 1.7 and 2.3 times the floor client's,
-# against 1.0 and 1.3 without): an urgent pass waits behind each burst, and bursts grow with
-# the fleet. Off by default: halts come first.
-TICK_GRID = float(os.environ.get("PHASEGATE_TICK_GRID_SECONDS", "0"))
+GRID_ENV = "PHASEGATE_TICK_GRID_SECONDS"
+GRID_DEFAULT = 0.1
+GRID_MAX = 1.0
+
+
+def tick_grid(raw: Optional[str] = None) -> float:
+    """PHASEGATE_TICK_GRID_SECONDS: evaluations come due on a grid of this many seconds
+    (default 0.1; 0 turns it off), so that those of neighbouring strategies fire in one turn
+    of the event loop and their scrape answers are read in one wake-up. Each loop wake-up
+    costs the process (and a virtual machine's host) more than the pass it runs: at a
+    thousand strategies the 0.1 s grid halved the operator's CPU. An urgent pass waits behind
+    at most one burst (docs/architecture.md); halts are the sentinel's, which has a process
+    of its own."""
+    raw = (raw if raw is not None else os.environ.get(GRID_ENV, "")).strip()
+    if not raw:
+        return GRID_DEFAULT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= GRID_MAX:  # NaN fails this too
+        raise SystemExit(f"{GRID_ENV}={raw!r}: set it to a number of seconds from 0 (off) to {GRID_MAX:g}, "
+                         f"or leave it unset ({GRID_DEFAULT:g})")
+    return value
+
+
+TICK_GRID = tick_grid()
 # Interval evaluations in flight at once (each mostly waits on a scrape).
 EVALUATION_SLOTS = asyncio.Semaphore(int(os.environ.get("PHASEGATE_MAX_CONCURRENT_EVALUATIONS", "256")))
 

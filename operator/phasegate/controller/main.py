@@ -21,7 +21,7 @@ from phasegate.api.spec import MetricsSourceType
 from phasegate.metrics import make_source
 from phasegate.metrics.httpclient import HttpClient
 
-from . import census, collector, handlers, leader, lean_bodies, telemetry
+from . import census, collector, handlers, leader, lean_bodies, priority, telemetry
 from .election_thread import ElectionThread
 from .fresh import FreshBodies
 from .kube import Kube, RateLimiter, close_client, load_client, no_env_lookups
@@ -303,6 +303,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         _state["sentinel"] = sentinel
         handlers.SENTINEL_STOPPED = handlers.RECONCILER.sentinel_stopped = sentinel.stopped_at
     _state["api"] = api
+    # After the sentinel's supervisor and the election thread have started, which keep the
+    # priority the operator was started with (controller/priority.py).
+    niceness = priority.lower_this_thread(priority.loop_niceness())
     if _state.get("metrics_port"):
         _state["runner"] = await _metrics_app(_state["metrics_port"], _state.get("bind_address") or "0.0.0.0")
     # What start-up made (modules, clients, models) lives as long as the process: out of the
@@ -314,7 +317,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     telemetry.log_for("-", "-").info(
         "operator started", metrics_port=_state.get("metrics_port"),
         identity=election.identity if election else None, leading=elector.leading() if elector else True,
-        shards=_shard_count() if election else 1,
+        shards=_shard_count() if election else 1, tick_grid_s=handlers.TICK_GRID, loop_niceness=niceness,
     )
 
 
