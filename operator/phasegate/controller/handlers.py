@@ -31,6 +31,7 @@ from phasegate.api.observations import Observation
 from phasegate.policy.timing import spread
 
 from . import cache, telemetry
+from .env_settings import bounded
 from .fresh import FreshBodies
 from .kube import PRIORITY, Conflict, Urgency
 from .leader import NotLeading
@@ -112,17 +113,8 @@ def tick_grid(raw: Optional[str] = None) -> float:
     thousand strategies the 0.1 s grid halved the operator's CPU. An urgent pass waits behind
     at most one burst (docs/architecture.md); halts are the sentinel's, which has a process
     of its own."""
-    raw = (raw if raw is not None else os.environ.get(GRID_ENV, "")).strip()
-    if not raw:
-        return GRID_DEFAULT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= GRID_MAX:  # NaN fails this too
-        raise SystemExit(f"{GRID_ENV}={raw!r}: set it to a number of seconds from 0 (off) to {GRID_MAX:g}, "
-                         f"or leave it unset ({GRID_DEFAULT:g})")
-    return value
+    return bounded(GRID_ENV, raw, default=GRID_DEFAULT, low=0.0, high=GRID_MAX, parse=float,
+                   what="a number of seconds")
 
 
 TICK_GRID = tick_grid()

@@ -21,6 +21,8 @@ import os
 import threading
 from typing import Optional
 
+from .env_settings import bounded
+
 ENV = "PHASEGATE_LOOP_NICENESS"
 DEFAULT = 5
 MAX = 19
@@ -29,16 +31,7 @@ MAX = 19
 def loop_niceness(raw: Optional[str] = None) -> int:
     """PHASEGATE_LOOP_NICENESS: how much lower than the halt path the loop runs (0 to 19,
     default 5; 0 leaves it alone)."""
-    raw = (raw if raw is not None else os.environ.get(ENV, "")).strip()
-    if not raw:
-        return DEFAULT
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX:
-        raise SystemExit(f"{ENV}={raw!r}: set it to a whole number from 0 (off) to {MAX}, or leave it unset ({DEFAULT})")
-    return value
+    return bounded(ENV, raw, default=DEFAULT, low=0, high=MAX, parse=int, what="a whole number")
 
 
 def thread_niceness(tid: Optional[int] = None) -> int:
