@@ -11,8 +11,8 @@ halt path keeps the priority the operator was started with; a process may always
 own priority, so no capability is needed (the chart's pods drop all of them).
 
 Only the share of CPU changes: under contention the scheduler gives a niced thread less, it
-never stops it. An operator that falls behind for it says so (its evaluation lag and the lag rule, docs/architecture.md),
-as it would for any other lack of CPU.
+never stops it. An operator that falls behind for it says so (its evaluation lag and the
+lag rule, docs/architecture.md), as it would for any other lack of CPU.
 """
 
 from __future__ import annotations
